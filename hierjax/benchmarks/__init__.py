@@ -1,0 +1,1 @@
+"""Benchmark scripts; each writes its table into BENCHMARKS.md."""

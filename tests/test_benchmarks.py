@@ -1,0 +1,32 @@
+"""The benchmark's per-class-pair loop baseline computes the same loss as glm_loss."""
+
+import functools
+
+import jax
+import numpy as np
+
+from hierjax import glm_loss
+from hierjax.benchmarks import common
+from hierjax.benchmarks.glm_loop import glm_loss_and_grad_loop
+from hierjax.benchmarks.losses import make_batch
+
+
+def test_loop_baseline_matches_glm_loss():
+    features, labels = make_batch(48, 6, 20, seed=3)
+    kw = dict(k=4, margins=(3.0, 1.0, 2.0))
+    loss, grad = jax.value_and_grad(functools.partial(glm_loss, **kw))(features, labels)
+    loop_loss, loop_grad = glm_loss_and_grad_loop(features, labels, **kw)
+    assert loop_loss > 0
+    np.testing.assert_allclose(loss, loop_loss, rtol=1e-4)
+    np.testing.assert_allclose(grad, loop_grad, rtol=1e-3, atol=1e-5)
+
+
+def test_write_section_replaces_only_its_block(tmp_path):
+    path = tmp_path / "BENCHMARKS.md"
+    path.write_text("# title\n\nintro\n")
+    common.write_section("a", "first", path)
+    common.write_section("b", "other", path)
+    common.write_section("a", "second", path)
+    text = path.read_text()
+    assert text.count("<!-- begin a -->") == 1 and "second" in text and "first" not in text
+    assert "other" in text and text.startswith("# title\n\nintro\n")
