@@ -1,0 +1,21 @@
+"""CUB-200-2011: 200 species / 38 families / 13 orders, ResNet-50 at 448 px.
+
+    python -m hierjax.main --config=configs/cub_resnet50.py --workdir=/tmp/cub
+
+Hierarchies (`:hierarchy=NAME`): species_family_order (Chang et al., 200/38/13),
+species_genus_family_order (HSE/HRN, 200/122/37/13), suffix (name suffix, 200 -> 70).
+
+The fine-tuning recipe of hierjax.config_lib.finetune_config (ImageNet-pretrained
+ResNet-50 via --config.model.pretrained=FILE, 448 px, batch 32, SGD lr 0.01 with 10x for
+the heads, cosine over 100 epochs); variant OURS by default. The dataset comes from the
+TF-free tfds builder (`python -m hierjax.prepare`, a later issue).
+"""
+
+from hierjax import config_lib
+
+
+def get_config(arg=None):
+    args = config_lib.parse_arg(arg, runlocal=False, variant="OURS",
+                                hierarchy="species_family_order")
+    config = config_lib.finetune_config("cub", args.hierarchy)
+    return config_lib.finalize(config, args)

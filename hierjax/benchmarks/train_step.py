@@ -1,0 +1,111 @@
+"""Training-step throughput (images/s) on synthetic in-memory batches, SM against OURS.
+
+    python -m hierjax.benchmarks.train_step            # full table, into BENCHMARKS.md
+    python -m hierjax.benchmarks.train_step --quick    # one small row, printed only
+
+Each row times the pmapped `hierjax.train_step.train_step` over all local devices on one
+fixed uint8 batch already on the devices (no input pipeline), for variant SM (flat
+softmax) and OURS (skip-connected cascade + GLM on the global batch); the overhead column
+is OURS's extra step time in percent of SM's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+
+import flax.jax_utils
+import jax
+import numpy as np
+
+from hierjax import config_lib, train
+from hierjax.benchmarks import common
+from hierjax.hierarchy import Hierarchy
+from hierjax.train_step import AXIS, init_state, train_step
+
+# (model, image size, small-input stem, per-device batch on GPU, per-device batch on CPU)
+ROWS = [("resnet50", 224, False, 256, 8), ("resnet50", 448, False, 64, 2),
+        ("wrn", 32, True, 256, 16)]
+QUICK_ROWS = [("resnet18", 32, True, 64, 8)]
+
+
+def make_config(model, size, small_input, dtype, variant):
+    config = config_lib.base_config()
+    config.model.name = model
+    config.model.small_input = small_input
+    config.model.dtype = dtype
+    config.data.image_size = size
+    return config_lib.apply_variant(config, variant)
+
+
+def benchmark_row(model, size, small_input, per_device, dtype, variant, steps):
+    """Images per second of the pmapped train step (median step time)."""
+    num_devices = jax.local_device_count()
+    # 200 fine / 40 / 10 classes: CUB-sized heads.
+    hierarchy = Hierarchy(level_names=("fine", "mid", "top"),
+                          class_names=tuple(tuple(map(str, range(n))) for n in (200, 40, 10)),
+                          ancestors=np.stack([np.arange(200), np.arange(200) // 5,
+                                              np.arange(200) // 20], 1).astype(np.int32))
+    config = make_config(model, size, small_input, dtype, variant)
+    ctx = train.build_context(config, hierarchy, total_steps=1000, steps_per_epoch=100)
+    state = init_state(jax.random.key(0), ctx, (size, size, 3))
+    rng = np.random.default_rng(0)
+    fine = rng.integers(0, 200, size=(num_devices, per_device))
+    batch = {"image": rng.integers(0, 256, (num_devices, per_device, size, size, 3),
+                                   dtype=np.uint8),
+             "labels": hierarchy.labels_for(fine).astype(np.int32)}
+    batch = jax.device_put_sharded([jax.tree.map(lambda x: x[i], batch)
+                                    for i in range(num_devices)], jax.local_devices())
+    step = jax.pmap(functools.partial(train_step, ctx=ctx), axis_name=AXIS,
+                    in_axes=(0, 0, None), donate_argnums=(0,))
+    replicated = flax.jax_utils.replicate(state)
+    key = jax.random.key(1)
+    holder = [replicated]
+
+    def run():
+        holder[0], scalars = step(holder[0], batch, key)
+        return scalars
+
+    ms = common.time_ms(run, repeats=steps, warmup=2)
+    return num_devices * per_device / (ms / 1e3), ms
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="one small row, not written")
+    parser.add_argument("--steps", type=int, default=0, help="timed steps per row")
+    parser.add_argument("--output", default=None, help="BENCHMARKS.md path to update")
+    args = parser.parse_args()
+    on_gpu = jax.devices()[0].platform == "gpu"
+    dtype = "bfloat16" if on_gpu else "float32"
+    steps = args.steps or (20 if on_gpu else 3)
+    hardware = common.hardware_line()
+    print(hardware, flush=True)
+    lines = ["| model | image | batch (global) | dtype | SM img/s | OURS img/s "
+             "| SM step (ms) | OURS step (ms) | GLM + cascade overhead |",
+             "|---|---:|---:|---|---:|---:|---:|---:|---:|"]
+    for model, size, small, gpu_batch, cpu_batch in (QUICK_ROWS if args.quick else ROWS):
+        per_device = gpu_batch if on_gpu else cpu_batch
+        name = "WRN-28-10" if model == "wrn" else model.replace("resnet", "ResNet-")
+        results = {v: benchmark_row(model, size, small, per_device, dtype, v, steps)
+                   for v in ("SM", "OURS")}
+        (sm_ips, sm_ms), (ours_ips, ours_ms) = results["SM"], results["OURS"]
+        overhead = 100.0 * (ours_ms - sm_ms) / sm_ms
+        global_batch = per_device * jax.local_device_count()
+        lines.append(f"| {name} | {size} | {global_batch} | {dtype} | {sm_ips:,.0f} "
+                     f"| {ours_ips:,.0f} | {sm_ms:.1f} | {ours_ms:.1f} | {overhead:+.1f}% |")
+        print(lines[-1], flush=True)
+    if args.quick:
+        return
+    platform = jax.devices()[0].platform
+    body = "\n".join([
+        f"### Training step throughput ({platform.upper()})", "",
+        f"{hardware}. `python -m hierjax.benchmarks.train_step`; one fixed synthetic "
+        f"batch on the devices, 200/40/10-class hierarchy, SGD, median of {steps} steps "
+        "after 2 warm-up steps. OURS = skip-connected cascade + GLM (k = 5) on the "
+        "all-gathered batch.", "", *lines])
+    print(f"wrote {common.write_section(f'train-step-{platform}', body, args.output)}")
+
+
+if __name__ == "__main__":
+    main()

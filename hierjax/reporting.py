@@ -1,0 +1,223 @@
+"""Training output: a progress line, metric files (JSONL + TensorBoard), a final table."""
+
+import json
+import math
+import os
+import sys
+import time
+from collections.abc import Mapping
+from typing import Any, TextIO
+
+import numpy as np
+from tensorboardX import SummaryWriter
+
+
+def _to_scalar(value: Any, name: str = "value") -> int | float:
+    """A python number from a python/numpy/jax scalar (jax values are fetched to host)."""
+    array = np.asarray(value)
+    if array.size != 1:
+        raise ValueError(f"Metric {name!r} must be a scalar, got shape {array.shape}.")
+    item = array.reshape(()).item()
+    return item if isinstance(item, int) and not isinstance(item, bool) else float(item)
+
+
+def _format_number(value: int | float) -> str:
+    return str(value) if isinstance(value, int) else f"{value:.4g}"
+
+
+def _format_duration(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "?"
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}"
+
+
+class ProgressBar:
+    """One status line on stderr: step/total, img/s, scalars, elapsed time, ETA.
+
+    On a terminal the line is redrawn in place every `every_s` seconds (default
+    0.5); otherwise (a log file) a plain line is printed every `every_s` seconds
+    (default 60). `update` is cheap between prints: scalars, which may be jax
+    arrays still being computed, are only fetched (a device sync) when a line is
+    printed.
+
+    Args:
+      total_steps: the step training ends at.
+      initial_step: the step training starts (or resumes) from.
+      images_per_step: the global batch size, for images per second.
+      every_s: seconds between printed lines.
+      stream: where to write (default sys.stderr).
+    """
+
+    def __init__(
+        self,
+        total_steps: int,
+        initial_step: int = 0,
+        *,
+        images_per_step: int,
+        every_s: float | None = None,
+        stream: TextIO | None = None,
+    ):
+        self._stream = stream or sys.stderr
+        self._tty = bool(getattr(self._stream, "isatty", lambda: False)())
+        self._every_s = every_s if every_s is not None else (0.5 if self._tty else 60.0)
+        self._total = total_steps
+        self._images_per_step = images_per_step
+        self._start_time = time.monotonic()
+        # Throughput and ETA count from the first update, after compilation.
+        self._first = None  # (time, step) of the first update
+        self._last_print = None  # (time, step) of the last printed line
+        self._step = initial_step
+        self._scalars: Mapping[str, Any] = {}
+        self._drawn = ""  # the status line currently on a terminal
+
+    def update(self, step: int, scalars: Mapping[str, Any] | None = None) -> None:
+        """Records that `step` steps are done; prints if `every_s` has passed."""
+        now = time.monotonic()
+        self._step = step
+        if scalars is not None:
+            self._scalars = scalars
+        if self._first is None:
+            self._first = self._last_print = (now, step)
+        elif now - self._last_print[0] >= self._every_s:
+            self._print(self._line(now))
+            self._last_print = (now, step)
+
+    def write(self, message: str) -> None:
+        """Prints a message (e.g. eval results) without garbling the status line."""
+        if self._tty and self._drawn:
+            self._stream.write("\r" + " " * len(self._drawn) + "\r" + message + "\n")
+            self._stream.write(self._drawn)
+        else:
+            self._stream.write(message + "\n")
+        self._stream.flush()
+
+    def close(self) -> None:
+        """Prints the final state and ends the line."""
+        self._print(self._line(time.monotonic()))
+        if self._tty:
+            self._stream.write("\n")
+            self._stream.flush()
+        self._drawn = ""
+
+    def _seconds_per_step(self, since: tuple[float, int] | None, now: float) -> float:
+        if since is None or self._step <= since[1]:
+            return math.nan
+        return (now - since[0]) / (self._step - since[1])
+
+    def _line(self, now: float) -> str:
+        # Recent speed for img/s, the whole run's average for a steadier ETA.
+        recent = self._seconds_per_step(self._last_print, now)
+        average = self._seconds_per_step(self._first, now)
+        if math.isnan(recent):
+            recent = average
+        ips = self._images_per_step / recent
+        fields = [f"step {self._step}/{self._total}"]
+        fields.append(f"{ips:,.0f} img/s" if math.isfinite(ips) else "? img/s")
+        fields += [f"{k} {_format_number(_to_scalar(v, k))}" for k, v in self._scalars.items()]
+        fields.append(f"elapsed {_format_duration(now - self._start_time)}")
+        fields.append(f"ETA {_format_duration((self._total - self._step) * average)}")
+        return " | ".join(fields)
+
+    def _print(self, line: str) -> None:
+        if self._tty:
+            # Pad with blanks so a shorter line fully covers the previous one.
+            self._stream.write("\r" + line.ljust(len(self._drawn)))
+            self._drawn = line
+        else:
+            self._stream.write(line + "\n")
+        self._stream.flush()
+
+
+class MetricWriter:
+    """Writes scalars to `workdir/metrics.jsonl` and to TensorBoard.
+
+    JSONL: one object per line, {"step": s, "split": split, name: value, ...},
+    appended, so a resumed run continues the same file; a run that resumes from
+    an earlier checkpoint repeats some steps, and readers should keep the last
+    line per (split, step). TensorBoard: one run per split under
+    `workdir/tensorboard/<split>`, so train and eval curves of the same metric
+    share a chart. Pass `purge_step` (the step resumed from) to have TensorBoard
+    drop the previous run's points from that step on. Create it on process 0 only.
+    """
+
+    def __init__(self, workdir, *, purge_step: int | None = None):
+        self._workdir = os.fspath(workdir)
+        os.makedirs(self._workdir, exist_ok=True)
+        path = os.path.join(self._workdir, "metrics.jsonl")
+        # A job killed mid-write can leave a partial last line: start on a new one.
+        needs_newline = False
+        if os.path.exists(path) and os.path.getsize(path):
+            with open(path, "rb") as f:
+                f.seek(-1, os.SEEK_END)
+                needs_newline = f.read(1) != b"\n"
+        # Line buffering: a crash loses at most the line being written.
+        self._jsonl = open(path, "a", buffering=1, encoding="utf-8")
+        if needs_newline:
+            self._jsonl.write("\n")
+        self._purge_step = purge_step
+        self._tensorboard: dict[str, SummaryWriter] = {}
+
+    def write(self, step: int, scalars: Mapping[str, Any], split: str = "train") -> None:
+        """Writes one record of scalars (python, numpy or jax scalars) for `split`."""
+        values = {name: _to_scalar(value, name) for name, value in scalars.items()}
+        reserved = {"step", "split"} & values.keys()
+        if reserved:
+            raise ValueError(f"Metric names {sorted(reserved)} are reserved in metrics.jsonl.")
+        step = int(step)
+        self._jsonl.write(json.dumps({"step": step, "split": split, **values}) + "\n")
+        if split not in self._tensorboard:
+            self._tensorboard[split] = SummaryWriter(
+                os.path.join(self._workdir, "tensorboard", split), purge_step=self._purge_step
+            )
+        writer = self._tensorboard[split]
+        for name, value in values.items():
+            writer.add_scalar(name, value, step)
+
+    def flush(self) -> None:
+        """Pushes everything written so far to disk."""
+        self._jsonl.flush()
+        for writer in self._tensorboard.values():
+            writer.flush()
+
+    def close(self) -> None:
+        """Flushes and closes all files."""
+        for writer in self._tensorboard.values():
+            writer.close()
+        self._tensorboard = {}
+        self._jsonl.close()
+
+    def __enter__(self) -> "MetricWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def summary_table(rows: Mapping[str, Mapping[str, Any]]) -> str:
+    """A plain-text table, one row per key of `rows`, one column per metric name.
+
+    Columns appear in first-seen order; a metric missing from a row shows as "-".
+    Floats get 4 decimals (accuracies, mean severities), ints print as they are.
+    """
+    columns = list(dict.fromkeys(name for row in rows.values() for name in row))
+
+    def cell(row, name):
+        if name not in row:
+            return "-"
+        value = _to_scalar(row[name], name)
+        return str(value) if isinstance(value, int) else f"{value:.4f}"
+
+    table = [[""] + columns] + [
+        [label] + [cell(row, name) for name in columns] for label, row in rows.items()
+    ]
+    widths = [max(len(line[i]) for line in table) for i in range(len(table[0]))]
+    table.insert(1, ["-" * w for w in widths])
+
+    def render(line):
+        first = line[0].ljust(widths[0])
+        rest = [text.rjust(width) for text, width in zip(line[1:], widths[1:])]
+        return "  ".join([first] + rest).rstrip()
+
+    return "\n".join(render(line) for line in table)

@@ -1,0 +1,152 @@
+"""The per-device training and evaluation steps: pure functions of (state, batch).
+
+`train_step` and `eval_step` are written for one device and run under
+`jax.pmap(..., axis_name="batch")`: gradients are pmean'd, BatchNorm statistics are
+synchronised by the model's `bn_axis_name`, the GLM loss optionally sees the
+all-gathered global batch, and evaluation sums are psum'd. Being pure per-device
+functions, they move to `shard_map` unchanged.
+
+Batch layout (per device): `image` uint8 [b, H, W, C], `labels` int32 [b, h],
+evaluation batches also `valid` bool [b].
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from hierjax.losses import cascaded_softmax_loss, coarse_constraint_loss, glm_loss
+from hierjax.metrics import hierarchical_metrics
+
+AXIS = "batch"
+
+
+class TrainState(flax.struct.PyTreeNode):
+    """Everything that changes during training: a pytree of arrays, checkpointed whole."""
+
+    step: jax.Array
+    params: Any
+    batch_stats: Any
+    opt_state: Any
+
+
+@dataclasses.dataclass(frozen=True)
+class StepContext:
+    """What the steps need besides (state, batch): model, optimizer, loss settings.
+
+    Attributes:
+      model: the Flax classifier; returns {"features", "logits"}.
+      tx: the optax transformation.
+      schedule: learning rate as a function of the step (logged).
+      ancestors: int [C_1, h] hierarchy table.
+      mean, std: per-channel normalisation of uint8 images, in 0..1 units.
+      loss: the `config.loss` ConfigDict.
+      glm_warmup_steps: the GLM weight ramps linearly from 0 to loss.glm_weight over
+        this many steps (0: full weight from the start, as in the paper).
+      axis_name: pmap axis, None for a single un-mapped device.
+    """
+
+    model: Any
+    tx: Any
+    schedule: Any
+    ancestors: np.ndarray
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    loss: Any
+    glm_warmup_steps: int = 0
+    axis_name: str | None = AXIS
+
+
+def normalize(image_uint8, mean, std):
+    """(x / 255 - mean) / std, in float32."""
+    x = image_uint8.astype(jnp.float32) / 255.0
+    return (x - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)
+
+
+def init_state(rng, ctx: StepContext, image_shape) -> TrainState:
+    """Initial TrainState for images of `image_shape` (H, W, C)."""
+    variables = ctx.model.init(rng, jnp.zeros((1, *image_shape), jnp.float32), train=False)
+    params = variables["params"]
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                      batch_stats=variables.get("batch_stats", {}),
+                      opt_state=ctx.tx.init(params))
+
+
+def compute_loss(outputs, labels, ctx: StepContext, step, valid=None):
+    """Training objective and its parts at training step `step`.
+
+    loss = sum_l w_l CE(z_l, y_l)                      (flat softmax when one head)
+         + glm_weight * r(step) * GLM(features)        (optionally global batch)
+         + coarse_weight * sum_{l>=1} BCE(z_1, t^l)    (coarse-label constraint)
+    with r(step) = min(1, step / glm_warmup_steps) (1 without warmup).
+    """
+    cfg = ctx.loss
+    logits = outputs["logits"]
+    h = labels.shape[-1]
+    parts = {"ce": cascaded_softmax_loss(logits, labels,
+                                         weights=tuple(cfg.level_weights)[:len(logits)],
+                                         valid=valid)}
+    total = parts["ce"]
+    if cfg.glm_weight > 0:
+        parts["glm"] = glm_loss(outputs["features"], labels, k=cfg.glm_k,
+                                margins=tuple(cfg.glm_margins)[:h], valid=valid,
+                                axis_name=ctx.axis_name if cfg.glm_global else None)
+        ramp = (jnp.minimum(1.0, step / ctx.glm_warmup_steps) if ctx.glm_warmup_steps
+                else 1.0)
+        total = total + cfg.glm_weight * ramp * parts["glm"]
+    if cfg.coarse_weight > 0:
+        parts["coarse"] = coarse_constraint_loss(
+            logits[0], labels, ctx.ancestors, a=0.0, b=1.0, valid=valid,
+            reduction=cfg.coarse_reduction)
+        total = total + cfg.coarse_weight * parts["coarse"]
+    return total, parts
+
+
+def train_step(state: TrainState, batch, rng, ctx: StepContext):
+    """One optimizer step on this device's share of the global batch.
+
+    Returns the new state and pmean'd scalars (loss, its parts, fine top-1, lr).
+    """
+    if ctx.axis_name is not None:
+        rng = jax.random.fold_in(rng, jax.lax.axis_index(ctx.axis_name))
+    images = normalize(batch["image"], ctx.mean, ctx.std)
+    labels = batch["labels"]
+
+    def loss_fn(params):
+        outputs, updates = ctx.model.apply(
+            {"params": params, "batch_stats": state.batch_stats}, images, train=True,
+            mutable=["batch_stats"], rngs={"dropout": rng})
+        loss, parts = compute_loss(outputs, labels, ctx, state.step)
+        return loss, (parts, outputs["logits"][0], updates.get("batch_stats", {}))
+
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+    (loss, (parts, fine_logits, batch_stats)), grads = grad_fn(state.params)
+    if ctx.axis_name is not None:
+        grads = jax.lax.pmean(grads, ctx.axis_name)
+    updates, opt_state = ctx.tx.update(grads, state.opt_state, state.params)
+    params = jax.tree.map(lambda p, u: p + u, state.params, updates)
+    scalars = {"loss": loss, **parts,
+               "top1": jnp.mean(jnp.argmax(fine_logits, -1) == labels[:, 0]),
+               "lr": ctx.schedule(state.step)}
+    if ctx.axis_name is not None:
+        scalars = jax.lax.pmean(scalars, ctx.axis_name)
+    new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
+                              opt_state=opt_state)
+    return new_state, scalars
+
+
+def eval_step(state: TrainState, batch, ctx: StepContext):
+    """Summable metrics (hierarchical_metrics) of one evaluation batch, psum'd."""
+    images = normalize(batch["image"], ctx.mean, ctx.std)
+    outputs = ctx.model.apply({"params": state.params, "batch_stats": state.batch_stats},
+                              images, train=False)
+    sums = hierarchical_metrics(outputs["logits"], batch["labels"], ctx.ancestors,
+                                valid=batch["valid"])
+    if ctx.axis_name is not None:
+        sums = jax.lax.psum(sums, ctx.axis_name)
+    return sums
