@@ -76,10 +76,12 @@ def apply_runlocal(config):
     """Shrinks a config to a CPU smoke run of a couple of minutes."""
     config.batch_size = min(config.batch_size, 32)
     config.num_epochs = 1
-    config.num_steps = 60
+    config.num_steps = 120
     config.log_every_steps = 10
-    config.eval_every_steps = 30
-    config.checkpoint_every_steps = 30
+    config.eval_every_steps = 60
+    config.checkpoint_every_steps = 60
+    config.optimizer.lr = min(config.optimizer.lr, 0.05)
+    config.optimizer.warmup_epochs = min(config.optimizer.warmup_epochs, 0.1)
     config.data.max_train_examples = 4000
     config.data.max_eval_examples = 1000
     config.data.image_size = min(config.data.image_size, 64)
@@ -133,7 +135,6 @@ def base_config():
     config.loss.glm_weight = 0.8       # weight of the GLM term actually applied
     config.loss.glm_k = 5
     config.loss.glm_margins = (1.0, 1.0, 1.0, 1.0)    # alpha_l per level, fine first
-    config.loss.glm_warmup_epochs = 0.0  # ramp the GLM weight in (from-scratch training)
     config.loss.glm_global = True      # GLM on the all-gathered global batch
     config.loss.coarse_b = 1.0         # b used by the coarse-constraint variants
     config.loss.coarse_weight = 0.0    # weight of the coarse constraint actually applied

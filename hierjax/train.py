@@ -48,8 +48,6 @@ def build_context(config, hierarchy, *, total_steps, steps_per_epoch, axis_name=
     return StepContext(model=model, tx=optim.build_optimizer(config.optimizer, schedule),
                        schedule=schedule, ancestors=np.asarray(hierarchy.ancestors),
                        mean=tuple(mean), std=tuple(std), loss=config.loss,
-                       glm_warmup_steps=int(round(config.loss.glm_warmup_epochs
-                                                  * steps_per_epoch)),
                        axis_name=axis_name)
 
 

@@ -46,8 +46,6 @@ class StepContext:
       ancestors: int [C_1, h] hierarchy table.
       mean, std: per-channel normalisation of uint8 images, in 0..1 units.
       loss: the `config.loss` ConfigDict.
-      glm_warmup_steps: the GLM weight ramps linearly from 0 to loss.glm_weight over
-        this many steps (0: full weight from the start, as in the paper).
       axis_name: pmap axis, None for a single un-mapped device.
     """
 
@@ -58,7 +56,6 @@ class StepContext:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     loss: Any
-    glm_warmup_steps: int = 0
     axis_name: str | None = AXIS
 
 
@@ -77,13 +74,12 @@ def init_state(rng, ctx: StepContext, image_shape) -> TrainState:
                       opt_state=ctx.tx.init(params))
 
 
-def compute_loss(outputs, labels, ctx: StepContext, step, valid=None):
-    """Training objective and its parts at training step `step`.
+def compute_loss(outputs, labels, ctx: StepContext, valid=None):
+    """Training objective and its parts.
 
     loss = sum_l w_l CE(z_l, y_l)                      (flat softmax when one head)
-         + glm_weight * r(step) * GLM(features)        (optionally global batch)
+         + glm_weight * GLM(features)                  (optionally global batch)
          + coarse_weight * sum_{l>=1} BCE(z_1, t^l)    (coarse-label constraint)
-    with r(step) = min(1, step / glm_warmup_steps) (1 without warmup).
     """
     cfg = ctx.loss
     logits = outputs["logits"]
@@ -96,9 +92,7 @@ def compute_loss(outputs, labels, ctx: StepContext, step, valid=None):
         parts["glm"] = glm_loss(outputs["features"], labels, k=cfg.glm_k,
                                 margins=tuple(cfg.glm_margins)[:h], valid=valid,
                                 axis_name=ctx.axis_name if cfg.glm_global else None)
-        ramp = (jnp.minimum(1.0, step / ctx.glm_warmup_steps) if ctx.glm_warmup_steps
-                else 1.0)
-        total = total + cfg.glm_weight * ramp * parts["glm"]
+        total = total + cfg.glm_weight * parts["glm"]
     if cfg.coarse_weight > 0:
         parts["coarse"] = coarse_constraint_loss(
             logits[0], labels, ctx.ancestors, a=0.0, b=1.0, valid=valid,
@@ -121,7 +115,7 @@ def train_step(state: TrainState, batch, rng, ctx: StepContext):
         outputs, updates = ctx.model.apply(
             {"params": params, "batch_stats": state.batch_stats}, images, train=True,
             mutable=["batch_stats"], rngs={"dropout": rng})
-        loss, parts = compute_loss(outputs, labels, ctx, state.step)
+        loss, parts = compute_loss(outputs, labels, ctx)
         return loss, (parts, outputs["logits"][0], updates.get("batch_stats", {}))
 
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
