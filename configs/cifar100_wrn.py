@@ -12,24 +12,13 @@ from hierjax import config_lib
 
 def get_config(arg=None):
     args = config_lib.parse_arg(arg, runlocal=False, variant="OURS", depth=28, width=10)
-    config = config_lib.base_config()
-    config.data.name = "cifar100"
-    config.data.data_dir = "../shared/data/cifar100"
-    config.data.image_size = 32
+    config = config_lib.cifar100_config()
     config.model.name = "wrn"
     config.model.wrn_depth = args.depth
     config.model.wrn_width = args.width
     config.model.dropout = 0.3
-    config.batch_size = 128
-    config.num_epochs = 200
-    config.optimizer.lr = 0.1
-    config.optimizer.weight_decay = 5e-4
     config.optimizer.schedule = "step"
     config.optimizer.warmup_epochs = 0.0
     config.optimizer.decay_epochs = (60.0, 120.0, 160.0)
     config.optimizer.decay_factor = 0.2
-    # From scratch, the paper's lambda = 0.8 lets GLM shrink the still class-agnostic
-    # features: runlocal OURS reached 1.6% top-1 at 0.8 vs 4.3% at 0.05 and 6.8% for
-    # SC-CSM (BENCHMARKS.md). Fine-tuning configs keep 0.8.
-    config.loss.glm_lambda = 0.05
     return config_lib.finalize(config, args)
