@@ -329,7 +329,9 @@ def coarse_constraint_loss(fine_logits, labels, ancestors, *, a=1.0, b=1.0, vali
         raise ValueError(f"b has {len(b_levels)} entries for {h - 1} coarse levels.")
 
     logits_BxC = fine_logits.astype(jnp.float32)
-    per_example_B = a * _softmax_ce(logits_BxC, labels[:, 0])
+    # a = 0 is the constraint term alone (the train step adds it to its own CE).
+    per_example_B = (a * _softmax_ce(logits_BxC, labels[:, 0]) if a
+                     else jnp.zeros(logits_BxC.shape[:1], jnp.float32))
     reduce = jnp.mean if reduction == "mean" else jnp.sum
     for level, weight in enumerate(b_levels, start=1):
         target_BxC = (ancestors[None, :, level] == labels[:, level, None]).astype(jnp.float32)

@@ -320,6 +320,9 @@ def test_coarse_constraint_hand_worked():
     loss = coarse_constraint_loss(np.zeros((1, 3), np.float32), ancestors[:1], ancestors,
                                   a=1.0, b=1.0)
     np.testing.assert_allclose(loss, np.log(3) + np.log(2), rtol=1e-6)
+    constraint_only = coarse_constraint_loss(np.zeros((1, 3), np.float32), ancestors[:1],
+                                             ancestors, a=0.0, b=1.0)
+    np.testing.assert_allclose(constraint_only, np.log(2), rtol=1e-6)
     # Logit +20 for every class under the example's coarse label, -20 elsewhere: the
     # constraint term vanishes; CE is log 2 (two tied fine classes).
     z = np.array([[20.0, 20.0, -20.0]], np.float32)
