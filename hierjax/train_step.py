@@ -22,6 +22,7 @@ import numpy as np
 
 from hierjax.losses import cascaded_softmax_loss, coarse_constraint_loss, glm_loss
 from hierjax.metrics import hierarchical_metrics
+from hierjax.models.pretrained import load_pretrained
 
 AXIS = "batch"
 
@@ -65,9 +66,16 @@ def normalize(image_uint8, mean, std):
     return (x - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)
 
 
-def init_state(rng, ctx: StepContext, image_shape) -> TrainState:
-    """Initial TrainState for images of `image_shape` (H, W, C)."""
+def init_state(rng, ctx: StepContext, image_shape, model_config=None) -> TrainState:
+    """Initial TrainState for images of `image_shape` (H, W, C).
+
+    With `model_config` (config.model) whose `pretrained` names a file, the backbone
+    starts from that file's weights (`load_pretrained`); the heads stay freshly
+    initialised.
+    """
     variables = ctx.model.init(rng, jnp.zeros((1, *image_shape), jnp.float32), train=False)
+    if model_config is not None:
+        variables = load_pretrained(variables, model_config)
     params = variables["params"]
     return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                       batch_stats=variables.get("batch_stats", {}),
