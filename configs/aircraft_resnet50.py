@@ -1,11 +1,14 @@
 """FGVC-Aircraft: 100 variants / 70 families / 30 manufacturers, ResNet-50 at 448 px.
 
-    python -m hierjax.main --config=configs/aircraft_resnet50.py --workdir=/tmp/aircraft
+    python -m hierjax.prepare aircraft --manual_dir=ARCHIVES --data_dir=~/tensorflow_datasets
+    python -m hierjax.main --config=configs/aircraft_resnet50.py --workdir=/tmp/aircraft \
+        --config.model.pretrained=resnet50.safetensors
 
+Trains on the official trainval split (train + val), evaluates on test.
+Archive: fgvc-aircraft-2013b.tar.gz.
 The fine-tuning recipe of hierjax.config_lib.finetune_config (ImageNet-pretrained
-ResNet-50 via --config.model.pretrained=FILE, 448 px, batch 32, SGD lr 0.01 with 10x for
-the heads, cosine over 100 epochs); variant OURS by default. The dataset comes from the
-TF-free tfds builder (`python -m hierjax.prepare`, a later issue).
+ResNet-50, 448 px, batch 32, SGD lr 0.01 with 10x for the heads, cosine over 100
+epochs); variant OURS by default. Arguments: `runlocal`, `variant=NAME`.
 """
 
 from hierjax import config_lib
@@ -15,4 +18,5 @@ def get_config(arg=None):
     args = config_lib.parse_arg(arg, runlocal=False, variant="OURS",
                                 hierarchy="variant_family_manufacturer")
     config = config_lib.finetune_config("aircraft", args.hierarchy)
+    config.data.train_split = "trainval"
     return config_lib.finalize(config, args)

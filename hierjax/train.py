@@ -51,12 +51,10 @@ def build_context(config, hierarchy, *, total_steps, steps_per_epoch, axis_name=
                        axis_name=axis_name)
 
 
-def evaluate(p_eval, replicated_state, eval_source, *, global_batch_size):
+def evaluate(p_eval, replicated_state, batches):
     """Rates over every evaluation example exactly once (see hierjax.metrics)."""
     totals = {}
-    num_devices = jax.local_device_count()
-    for batch in data.eval_batches(eval_source, global_batch_size=global_batch_size,
-                                   num_devices=num_devices):
+    for batch in batches:
         # Accumulate per device (an elementwise add); summing over the device axis on
         # device would be a cross-device collective, so that happens once, on the host.
         totals = metrics.merge(totals, p_eval(replicated_state, batch))
@@ -88,35 +86,32 @@ def train_and_evaluate(config, workdir) -> dict[str, float]:
             f"config.batch_size = {config.batch_size} must divide evenly over "
             f"{num_devices * num_processes} devices ({num_processes} process(es) x "
             f"{num_devices}); pick a multiple of {num_devices * num_processes}.")
-    process_batch = config.batch_size // num_processes
-
-    train_source, eval_source = data.build_datasets(config.data)
-    train_source = data.shard_for_process(train_source, jax.process_index(), num_processes)
-    eval_source = data.shard_for_process(eval_source, jax.process_index(), num_processes)
-    hierarchy = train_source.hierarchy
-    # Batches are read and augmented in a background thread while the devices train.
-    train_iter = data.Prefetch(data.TrainIterator(
-        train_source, global_batch_size=process_batch, num_devices=num_devices,
-        seed=config.seed))
+    # Batches are read and augmented in the background (a thread for in-memory data,
+    # grain worker processes for files) while the devices train.
+    inputs = data.build_input(config, num_devices=num_devices,
+                              process_index=jax.process_index(), num_processes=num_processes)
+    hierarchy, train_iter = inputs.hierarchy, inputs.train
     steps_per_epoch = train_iter.steps_per_epoch
     total_steps = config.num_steps or config.num_epochs * steps_per_epoch
     eval_every = config.eval_every_steps or steps_per_epoch
     logging.info("Data: %s, %d train / %d eval examples, hierarchy %s %s; %d devices, "
-                 "%d steps of batch %d (%d per epoch).", config.data.name, len(train_source),
-                 len(eval_source), hierarchy.level_names, hierarchy.num_classes,
+                 "%d steps of batch %d (%d per epoch).", config.data.name, inputs.num_train,
+                 inputs.num_eval, hierarchy.level_names, hierarchy.num_classes,
                  num_devices * num_processes, total_steps, config.batch_size,
                  steps_per_epoch)
 
     ctx = build_context(config, hierarchy, total_steps=total_steps,
                         steps_per_epoch=steps_per_epoch)
     init_rng, train_rng = jax.random.split(jax.random.key(config.seed))
-    state = init_state(init_rng, ctx, train_source.image_shape)
-
     checkpointer = Checkpointer(
         workdir / "checkpoints", save_interval_steps=config.checkpoint_every_steps,
         max_to_keep=config.keep_checkpoints, keep_best=config.keep_best_checkpoints,
         best_metric=BEST_METRIC, async_save=config.async_checkpoints)
-    if checkpointer.latest_step() is not None:
+    resuming = checkpointer.latest_step() is not None
+    # A resumed run takes its weights from the checkpoint, not the pretrained file.
+    state = init_state(init_rng, ctx, inputs.image_shape,
+                       model_config=None if resuming else config.model)
+    if resuming:
         state, data_state = checkpointer.restore(state)
         train_iter.set_state(data_state)
         logging.info("Resumed from %s at step %d.", checkpointer.directory, int(state.step))
@@ -130,7 +125,6 @@ def train_and_evaluate(config, workdir) -> dict[str, float]:
 
     writer = MetricWriter(workdir, purge_step=start_step or None)
     eval_metrics = {}
-    eval_batch = process_batch
     if start_step >= total_steps:
         logging.info("Training already finished (step %d of %d); evaluating only.",
                      start_step, total_steps)
@@ -154,12 +148,17 @@ def train_and_evaluate(config, workdir) -> dict[str, float]:
                 if done % config.log_every_steps == 0 or done == total_steps:
                     means = _mean_scalars(pending)
                     pending = []
+                    if not np.isfinite(means["loss"]):
+                        raise FloatingPointError(
+                            f"the training loss is {means['loss']} at step {done}; lower "
+                            f"config.optimizer.lr ({config.optimizer.lr}) or the GLM weight "
+                            f"config.loss.glm_weight ({config.loss.glm_weight}), or start "
+                            "from pretrained weights (config.model.pretrained)")
                     writer.write(done, means, split="train")
                     progress.update(done, {"loss": means["loss"], "lr": means["lr"]})
                 evaluated = done % eval_every == 0 or done == total_steps
                 if evaluated:
-                    eval_metrics = evaluate(p_eval, replicated, eval_source,
-                                            global_batch_size=eval_batch)
+                    eval_metrics = evaluate(p_eval, replicated, inputs.eval_batches())
                     writer.write(done, eval_metrics, split="eval")
                     logging.info("Step %d eval: %s", done, _eval_line(eval_metrics, hierarchy))
                 stop = preemption.is_set()
@@ -179,7 +178,7 @@ def train_and_evaluate(config, workdir) -> dict[str, float]:
             checkpointer.wait()
 
     if not eval_metrics:
-        eval_metrics = evaluate(p_eval, replicated, eval_source, global_batch_size=eval_batch)
+        eval_metrics = evaluate(p_eval, replicated, inputs.eval_batches())
         writer.write(int(replicated.step[0]), eval_metrics, split="eval")
     writer.close()
     checkpointer.close()

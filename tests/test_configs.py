@@ -30,7 +30,7 @@ def test_config_loads_and_validates(path, arg):
 def test_expected_configs_exist():
     names = {p.stem for p in CONFIGS}
     assert {"default", "cifar100_resnet18", "cifar100_wrn", "cub_resnet50",
-            "cars_resnet50", "aircraft_resnet50"} <= names
+            "cars_resnet50", "aircraft_resnet50", "dogs_resnet50", "nabirds_resnet50"} <= names
 
 
 @pytest.mark.parametrize("variant,heads,skip,glm,coarse", [

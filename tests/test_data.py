@@ -425,9 +425,10 @@ def test_build_datasets_by_name(tmp_path):
     train, test = build_datasets(cifar)
     assert (len(train), len(test)) == (9, 5) and train.hierarchy.num_classes == (6, 3)
     assert train.image_shape == (32, 32, 3)  # image_size is a synthetic-only key
-    unknown = r"config\.data\.name='cub'.*'synthetic', 'cifar100'.*TFDS"
-    with pytest.raises(ValueError, match=unknown):
+    with pytest.raises(ValueError, match=r"config\.data\.name = 'cub' is not an in-memory"):
         build_datasets(data_config(name="cub"))
+    with pytest.raises(ValueError, match=r"config\.data\.name='imagenet'.*'synthetic'.*'cub'"):
+        normalization(data_config(name="imagenet"))
     with pytest.raises(ValueError, match=r"config\.data\.max_train_examples=-1"):
         build_datasets(data_config(max_train_examples=-1))
     mean, std = normalization(data_config(name="cifar100"))

@@ -202,3 +202,9 @@ def test_sigterm_saves_a_checkpoint_and_exits(tmp_path):
     assert proc.returncode == 0, out
     steps = [int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()]
     assert steps and max(steps) >= 1, out
+
+
+def test_non_finite_loss_stops_with_advice(tmp_path):
+    config = tiny_config(num_steps=3, log_every_steps=1, **{"optimizer.lr": 1e30})
+    with pytest.raises(FloatingPointError, match=r"at step \d.*config\.optimizer\.lr"):
+        train.train_and_evaluate(config, tmp_path)

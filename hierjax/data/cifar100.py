@@ -123,3 +123,20 @@ def _read_shard(path: Path, fine_to_coarse: np.ndarray) -> tuple[np.ndarray, np.
             "shard and meta.json do not belong together, copy the data set again"
         )
     return images, fine
+
+
+def load_prepared(data_dir: str | Path, split: str) -> ArraySource:
+    """The CIFAR-100 `split` from a tfds folder prepared by `python -m hierjax.prepare
+    cifar100` (the official python tarball), decoded into memory."""
+    import io
+
+    from PIL import Image
+
+    from hierjax.data.files import TfdsSource
+
+    source = TfdsSource("cifar100", str(data_dir), split)
+    records = source.__getitems__(range(len(source)))
+    images = np.stack([np.asarray(Image.open(io.BytesIO(r["image"])).convert("RGB"))
+                       for r in records])
+    fine = np.array([r["labels"][0] for r in records])
+    return ArraySource(images, fine, source.hierarchy, f"cifar100/{split}")

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 import numpy as np
 
 from hierjax.data.augment import augment_train
+from hierjax.data.sampler import AUGMENT_STREAM, shuffled_order  # default sampler
 from hierjax.data.source import Source
 
 __all__ = [
@@ -21,14 +22,10 @@ __all__ = [
     "eval_batches",
     "num_eval_batches",
     "per_device_batch_size",
-    "shuffled_order",
 ]
 
-# Sampler: (source, seed, epoch) -> the example indices of that epoch, int [len(source)].
+# Sampler: (source, seed=, epoch=) -> the example indices of that epoch (hierjax.data.sampler).
 Sampler = Callable[..., np.ndarray]
-
-# Stream tags, so the shuffle and the augmentation never share random numbers.
-_SHUFFLE, _AUGMENT = 0, 1
 
 
 def per_device_batch_size(global_batch_size: int, num_devices: int) -> int:
@@ -44,15 +41,11 @@ def per_device_batch_size(global_batch_size: int, num_devices: int) -> int:
     return global_batch_size // num_devices
 
 
-def shuffled_order(source: Source, *, seed: int, epoch: int) -> np.ndarray:
-    """A permutation of the examples, int64 [len(source)], fixed by (seed, epoch)."""
-    return np.random.default_rng([seed, epoch, _SHUFFLE]).permutation(len(source))
-
-
 class TrainIterator:
     """Endless training batches, epoch after epoch, resumable exactly.
 
-    Epoch e reads the examples in the order `sampler(source, seed=seed, epoch=e)`, in
+    Epoch e reads the examples in the order `sampler(source, seed=seed, epoch=e)`
+    (`hierjax.data.sampler`), in
     batches of global_batch_size, and drops its last partial batch. Batch i of epoch e
     is augmented (`augment_train`) with a generator seeded by (seed, e, i), so every batch
     is a function of (seed, e, i) alone: `get_state` / `set_state` resume exactly.
@@ -121,7 +114,7 @@ class TrainIterator:
         start = self._batch * self._global
         batch = self._source.read(self._epoch_order()[start : start + self._global])
         if self._augment:
-            rng = np.random.default_rng([self._seed, self._epoch, _AUGMENT, self._batch])
+            rng = np.random.default_rng([self._seed, self._epoch, AUGMENT_STREAM, self._batch])
             batch["image"] = augment_train(batch["image"], rng)
         self._batch += 1
         if self._batch == self.steps_per_epoch:
@@ -131,10 +124,11 @@ class TrainIterator:
     def _epoch_order(self) -> np.ndarray:
         if self._order[0] != self._epoch:
             order = self._sampler(self._source, seed=self._seed, epoch=self._epoch)
-            if len(order) != len(self._source):
+            if len(order) < self.steps_per_epoch * self._global:
                 raise ValueError(
                     f"the sampler returned {len(order)} indices for epoch {self._epoch}; "
-                    f"it must return one epoch of {len(self._source)}"
+                    f"it must return at least {self.steps_per_epoch} batches of "
+                    f"{self._global}"
                 )
             self._order = (self._epoch, order)
         return self._order[1]
