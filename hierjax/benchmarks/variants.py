@@ -1,0 +1,233 @@
+"""The evidence: every variant, and GLM's lambda and k, trained at one budget over seeds.
+
+    python -m hierjax.benchmarks.variants --config=configs/cifar100_wrn.py:depth=16,width=4 \
+        --workdir=/tmp/sweep --seeds=3 --study=variants [--config.num_epochs=30 ...]
+    python -m hierjax.benchmarks.variants ... --study=lambda --variant=OURS
+    python -m hierjax.benchmarks.variants ... --study=k --variant=OURS
+
+Studies (each run is `hierjax.train.train_and_evaluate` with the config as given, so all
+runs of a study share network, epochs, batch size and schedule):
+- `variants`: SM, SM-GLM, CSM, CSM-GLM, SC-CSM, OURS, CC (b = 1), CC (b = 2), OURS+CC,
+  and OURS with the P x Q x K hierarchical sampler (`OURS+PQK`, `sampler_pqk` as set);
+- `lambda`: `--variant` at loss.glm_lambda = 0.2, 0.4, ..., 1.4 (the paper's grid);
+- `k`: `--variant` at loss.glm_k = 1, 3, 5, 10.
+Runs live in WORKDIR/<study>/<run>/seed<s>; a finished run's result.json is reused, so
+re-running the command completes an interrupted sweep. Writes WORKDIR/<study>.json, a
+markdown table (mean +- std over seeds; the gain over SM is the mean +- std of the
+per-seed differences, seeds paired) and PNG plots; with --write the table goes into
+BENCHMARKS.md and the plots into docs/figures/.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import pathlib
+import shlex
+import sys
+import time
+
+import numpy as np
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from hierjax.benchmarks import common
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Base config of every run.")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Where the runs and results go.")
+_SEEDS = flags.DEFINE_integer("seeds", 3, "Seeds per run (0, 1, ...).")
+_STUDY = flags.DEFINE_enum("study", "variants", ["variants", "lambda", "k"], "What to vary.")
+_VARIANT = flags.DEFINE_string("variant", "OURS", "Variant of the lambda and k studies.")
+_WRITE = flags.DEFINE_bool("write", False, "Put the table in BENCHMARKS.md and the plots "
+                           "in docs/figures/.")
+_NOTE = flags.DEFINE_string("note", "", "A line saying what the budget is, for the table.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+FIGURES = common.REPO_ROOT / "docs" / "figures"
+LAMBDAS = (0.2, 0.4, 0.6, 0.8, 1.0, 1.2, 1.4)
+KS = (1, 3, 5, 10)
+# (column, metric key, scale)
+COLUMNS = (("fine top-1 %", "top1_from_fine/0", 100), ("coarse top-1 %", "top1_from_fine/1", 100),
+           ("fine top-5 %", "top5/0", 100), ("mistake severity", "mistake_severity", 1),
+           ("train min", "seconds", 1 / 60))
+
+
+def study_runs(study: str, variant: str) -> list[tuple[str, str, dict]]:
+    """(run name, variant, config overrides) of a study."""
+    if study == "variants":
+        runs = [(v, v, {}) for v in ("SM", "SM-GLM", "CSM", "CSM-GLM", "SC-CSM", "OURS")]
+        runs += [("CC b=1", "CC", {"loss.coarse_b": 1.0}), ("CC b=2", "CC", {"loss.coarse_b": 2.0}),
+                 ("OURS+CC", "OURS+CC", {}), ("OURS+PQK", "OURS", {"data.sampler": "hierarchical"})]
+        return runs
+    if study == "lambda":
+        return [(f"lambda={v:g}", variant, {"loss.glm_lambda": v}) for v in LAMBDAS]
+    return [(f"k={v}", variant, {"loss.glm_k": v}) for v in KS]
+
+
+def run_config(base, variant: str, overrides: dict, seed: int):
+    """A copy of base with the overrides, the variant applied, and the seed."""
+    from hierjax import config_lib
+
+    config = copy.deepcopy(base)
+    with config.unlocked():
+        for key, value in overrides.items():
+            section, leaf = key.split(".")
+            config[section][leaf] = value
+        config.seed = seed
+        config_lib.apply_variant(config, variant)
+    return config
+
+
+def eval_curve(workdir: pathlib.Path, steps_per_epoch: int) -> list[tuple[float, float]]:
+    """(epoch, fine top-1) of every evaluation in the run's metrics.jsonl."""
+    curve = []
+    for line in (workdir / "metrics.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        if record["split"] == "eval":
+            curve.append((record["step"] / steps_per_epoch, record["top1_from_fine/0"]))
+    return curve
+
+
+def train_run(config, workdir: pathlib.Path) -> dict:
+    """The run's result: final metrics, wall seconds, eval curve (cached in result.json)."""
+    from hierjax import data, train
+
+    result_path = workdir / "result.json"
+    if result_path.exists():
+        return json.loads(result_path.read_text())
+    if (workdir / "checkpoints").exists():
+        logging.warning("%s holds a partial run; its time will only count the rest.", workdir)
+    start = time.perf_counter()
+    metrics = train.train_and_evaluate(config, workdir)
+    seconds = time.perf_counter() - start
+    train_set, _ = data.build_datasets(config.data)
+    result = {"metrics": metrics, "seconds": seconds,
+              "curve": eval_curve(workdir, len(train_set) // config.batch_size)}
+    result_path.write_text(json.dumps(result))
+    return result
+
+
+def sibling_fraction(config) -> float:
+    """Mean over one epoch's batches of `batch_sibling_stats(...)["with_sibling"]`."""
+    from hierjax import data
+
+    train_set, _ = data.build_datasets(config.data)
+    sampler = data.build.build_sampler(config.data, config.batch_size)
+    order = sampler(train_set, seed=config.seed, epoch=0)
+    batches = order[:len(order) // config.batch_size * config.batch_size].reshape(
+        -1, config.batch_size)
+    return float(np.mean([data.batch_sibling_stats(train_set.labels_Nxh[b])["with_sibling"]
+                          for b in batches]))
+
+
+def mean_std(values) -> str:
+    values = np.asarray(values, float)
+    std = values.std(ddof=1) if len(values) > 1 else 0.0
+    return f"{values.mean():.2f} +- {std:.2f}"
+
+
+def table(results: dict[str, list[dict]], siblings: dict[str, float]) -> str:
+    """Markdown: one row per run, mean +- std over seeds, gain over SM (paired)."""
+    header = ["run", *(c for c, _, _ in COLUMNS), "gain over SM (fine top-1)",
+              "classes with a sibling in the batch"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    baseline = results.get("SM")
+    for name, seeds in results.items():
+        cells = [name]
+        for _, key, scale in COLUMNS:
+            cells.append(mean_std([scale * (r["seconds"] if key == "seconds"
+                                            else r["metrics"][key]) for r in seeds]))
+        if baseline and name != "SM" and len(baseline) == len(seeds):
+            cells.append(mean_std([100 * (r["metrics"]["top1_from_fine/0"]
+                                          - b["metrics"]["top1_from_fine/0"])
+                                   for r, b in zip(seeds, baseline)]))
+        else:
+            cells.append("-")
+        cells.append(f"{100 * siblings[name]:.0f}%")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot(results: dict[str, list[dict]], study: str, path: pathlib.Path) -> None:
+    """Fine top-1 against epoch per run (mean over seeds), and for the lambda / k
+    studies the final fine top-1 against the value with the seed std as error bars."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure, axes = plt.subplots(1, 1 if study == "variants" else 2,
+                                figsize=(7 if study == "variants" else 12, 4.5), squeeze=False)
+    curves = axes[0, 0]
+    for name, seeds in results.items():
+        epochs = [e for e, _ in seeds[0]["curve"]]
+        top1 = np.mean([[100 * a for _, a in r["curve"]] for r in seeds], axis=0)
+        curves.plot(epochs, top1, marker="." if len(epochs) < 30 else None, label=name)
+    curves.set(xlabel="epoch", ylabel="test fine top-1 (%)", title=f"{study}: test accuracy")
+    curves.grid(alpha=0.3)
+    curves.legend(fontsize=7, ncol=2)
+    if study != "variants":
+        values = [float(name.split("=")[1]) for name in results]
+        finals = [[100 * r["metrics"]["top1_from_fine/0"] for r in seeds]
+                  for seeds in results.values()]
+        axes[0, 1].errorbar(values, [np.mean(f) for f in finals],
+                            yerr=[np.std(f, ddof=1) if len(f) > 1 else 0 for f in finals],
+                            marker="o", capsize=3)
+        axes[0, 1].set(xlabel=study, ylabel="final test fine top-1 (%)",
+                       title=f"accuracy against {study}")
+        axes[0, 1].grid(alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    base, study = _CONFIG.value, _STUDY.value
+    workdir = pathlib.Path(_WORKDIR.value)
+    runs = study_runs(study, _VARIANT.value)
+    results, siblings = {}, {}
+    for name, variant, overrides in runs:
+        results[name] = []
+        for seed in range(_SEEDS.value):
+            config = run_config(base, variant, overrides, seed)
+            slug = name.replace(" ", "").replace("=", "")
+            logging.info("=== %s / %s, seed %d", study, name, seed)
+            results[name].append(train_run(config, workdir / study / slug / f"seed{seed}"))
+        siblings[name] = sibling_fraction(run_config(base, variant, overrides, 0))
+    (workdir / f"{study}.json").write_text(json.dumps(results))
+    figure = (FIGURES if _WRITE.value else workdir) / f"{study}_{config_name(base)}.png"
+    plot(results, study, figure)
+    body = "\n".join([
+        f"### {study}: {config_name(base)}",
+        "",
+        f"{common.hardware_line()}. {_NOTE.value}".rstrip(),
+        "",
+        f"    python -m hierjax.benchmarks.variants {shlex.join(sys.argv[1:])}",
+        "",
+        f"Network {base.model.name}"
+        + (f"-{base.model.wrn_depth}-{base.model.wrn_width}" if base.model.name == "wrn" else "")
+        + f", {base.num_steps or base.num_epochs} {'steps' if base.num_steps else 'epochs'}, "
+          f"batch {base.batch_size}, lr {base.optimizer.lr} ({base.optimizer.schedule}, "
+          f"warm-up {base.optimizer.warmup_epochs} epochs), weight decay "
+          f"{base.optimizer.weight_decay}, {base.data.max_train_examples or 'all'} training "
+          f"images, {_SEEDS.value} seeds; glm_lambda {base.loss.glm_lambda}, k "
+          f"{base.loss.glm_k}.",
+        "",
+        table(results, siblings),
+        "",
+        f"![{study}]({figure.relative_to(common.REPO_ROOT) if _WRITE.value else figure})",
+    ])
+    print(body)
+    if _WRITE.value:
+        common.write_section(f"{study}-{config_name(base)}", body)
+
+
+def config_name(config) -> str:
+    return f"{config.data.name}-{config.model.name}"
+
+
+if __name__ == "__main__":
+    app.run(main)

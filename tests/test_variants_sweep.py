@@ -1,0 +1,68 @@
+"""The sweep command's pieces: run lists, configs per run, cached runs, table, plots."""
+
+import json
+
+import numpy as np
+import pytest
+
+from hierjax import config_lib, train
+from hierjax.benchmarks import variants
+from test_train import tiny_config
+
+
+def test_study_runs_cover_the_issue():
+    names = [name for name, _, _ in variants.study_runs("variants", "OURS")]
+    assert names == ["SM", "SM-GLM", "CSM", "CSM-GLM", "SC-CSM", "OURS", "CC b=1", "CC b=2",
+                     "OURS+CC", "OURS+PQK"]
+    lambdas = variants.study_runs("lambda", "SC-CSM")
+    assert [o["loss.glm_lambda"] for _, _, o in lambdas] == pytest.approx(
+        [0.2, 0.4, 0.6, 0.8, 1.0, 1.2, 1.4])
+    assert {v for _, v, _ in lambdas} == {"SC-CSM"}
+    assert [o["loss.glm_k"] for _, _, o in variants.study_runs("k", "OURS")] == [1, 3, 5, 10]
+
+
+def test_run_config_applies_overrides_then_variant():
+    base = config_lib.base_config()
+    config = variants.run_config(base, "CC", {"loss.coarse_b": 2.0}, seed=4)
+    assert (config.seed, config.loss.coarse_weight, config.model.heads) == (4, 2.0, "flat")
+    config = variants.run_config(base, "OURS", {"loss.glm_lambda": 1.2}, seed=0)
+    assert config.loss.glm_weight == 1.2 and base.loss.glm_weight == 0.8  # base untouched
+
+
+def test_train_run_is_cached(tmp_path, monkeypatch):
+    config = tiny_config(num_steps=2)
+    first = variants.train_run(config, tmp_path)
+    assert first["metrics"]["count"] == 37 and first["seconds"] > 0
+    assert [epoch for epoch, _ in first["curve"]] == [2 / 16]  # one eval, at step 2 of 16
+    monkeypatch.setattr(train, "train_and_evaluate", lambda *a: pytest.fail("retrained"))
+    assert variants.train_run(config, tmp_path) == json.loads(json.dumps(first))
+
+
+def result(top1, seconds=60.0):
+    metrics = {"top1_from_fine/0": top1, "top1_from_fine/1": 0.5, "top5/0": 0.9,
+               "mistake_severity": 1.5}
+    return {"metrics": metrics, "seconds": seconds, "curve": [(1.0, top1 / 2), (2.0, top1)]}
+
+
+def test_table_gives_mean_std_and_paired_gain(tmp_path):
+    results = {"SM": [result(0.40), result(0.50)], "OURS": [result(0.43), result(0.55)]}
+    text = variants.table(results, {"SM": 0.25, "OURS": 0.5})
+    sm, ours = text.splitlines()[2:]
+    # SM: mean 45, sample std of (40, 50) = 7.07; gain: (3, 5) -> 4.00 +- 1.41.
+    assert sm.startswith("| SM | 45.00 +- 7.07 | 50.00 +- 0.00 | 90.00 +- 0.00 | "
+                         "1.50 +- 0.00 | 1.00 +- 0.00 | - | 25% |")
+    assert ours.endswith("| 4.00 +- 1.41 | 50% |")
+    variants.plot(results, "variants", tmp_path / "v.png")
+    lam = {"lambda=0.2": [result(0.4)], "lambda=0.4": [result(0.5)]}
+    variants.plot(lam, "lambda", tmp_path / "l.png")
+    for name in ("v.png", "l.png"):
+        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_sibling_fraction_rises_with_the_hierarchical_sampler():
+    config = tiny_config()
+    config.data.synthetic_num_fine, config.data.synthetic_num_coarse = 8, 4
+    shuffled = variants.sibling_fraction(config)
+    config.data.sampler, config.data.sampler_pqk = "hierarchical", (4, 2, 2)
+    assert variants.sibling_fraction(config) == 1.0 > shuffled
+    assert np.isfinite(shuffled)
