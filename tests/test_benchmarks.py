@@ -30,3 +30,12 @@ def test_write_section_replaces_only_its_block(tmp_path):
     text = path.read_text()
     assert text.count("<!-- begin a -->") == 1 and "second" in text and "first" not in text
     assert "other" in text and text.startswith("# title\n\nintro\n")
+
+
+def test_pipeline_benchmark_runs(capsys):
+    from hierjax.benchmarks import pipeline
+
+    pipeline.main(["--quick", "--workers=0", "--images=32"])
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| 0 |")]
+    train_rate, per_worker, eval_rate = (float(x) for x in rows[-1].strip("| ").split(" | ")[1:])
+    assert train_rate > 0 and per_worker == train_rate and eval_rate > 0

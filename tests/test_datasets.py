@@ -305,3 +305,45 @@ def test_nabirds_tables_must_cover_the_same_images(tmp_path, capsys):
         **files, member: b"".join(files[member].splitlines(keepends=True)[1:])})
     err = failed_prepare("nabirds", manual, tmp_path / "data", capsys)
     assert "bounding_boxes.txt and images.txt list different images" in err
+
+
+def load_config(path: str, arg: str):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("config", Path(__file__).parents[1] / path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(arg)
+
+
+@pytest.mark.parametrize("name", ["aircraft", "cars", "cub", "dogs", "nabirds"])
+def test_each_finetuning_config_reads_its_prepared_dataset(name, prepared):
+    from hierjax import data
+
+    data_dir, _, expected = prepared(name)
+    config = load_config(f"configs/{name}_resnet50.py", "runlocal")
+    config.data.data_dir, config.batch_size, config.data.num_workers = str(data_dir), 2, 0
+    config.data.eval_split = "test"
+    inputs = data.build_input(config, num_devices=2)
+    assert inputs.num_eval == len(expected["test"])
+    assert inputs.hierarchy == next(iter(shipped_hierarchies(name).values()))
+    batch = next(inputs.train)
+    inputs.train.close()
+    assert batch["image"].shape == (2, 1, 64, 64, 3)
+    assert batch["labels"].shape == (2, 1, inputs.hierarchy.num_levels)
+    valid = sum(int(b["valid"].sum()) for b in inputs.eval_batches())
+    assert valid == len(expected["test"])
+
+
+def test_cifar100_config_reads_a_prepared_tarball(prepared):
+    from hierjax import data
+
+    data_dir, manual, expected = prepared("cifar100")
+    config = load_config("configs/cifar100_resnet18.py", "runlocal")
+    config.data.data_dir = str(data_dir)
+    train, test = data.build_datasets(config.data)
+    assert (len(train), len(test)) == (len(expected["train"]), len(expected["test"]))
+    assert train.image_shape == (32, 32, 3)
+    assert sorted(train.labels_Nxh[:, 0]) == sorted(label for _, label, _, _ in expected["train"])
+    np.testing.assert_array_equal(np.sort(test.images_NxHxWxC.reshape(len(test), -1), 0),
+                                  np.sort(cifar_pixels(manual, "test").reshape(len(test), -1), 0))
