@@ -6,8 +6,8 @@ One module a dataset (its docstring gives the official archive layout and counts
 
 `python -m hierjax.prepare <dataset> --manual_dir=DIR --data_dir=DIR` prepares one from
 its official archive(s); `builder(name, data_dir)` opens a prepared one. The stored
-example layout is in `hierjax.datasets.common`. Importing this package imports
-tensorflow_datasets, so only the file-backed input path does.
+example layout is in `hierjax.datasets.common`. Only the builder modules import
+tensorflow_datasets, and only the file-backed input path imports them.
 """
 
 from __future__ import annotations
