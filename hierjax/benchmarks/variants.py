@@ -11,8 +11,9 @@ runs of a study share network, epochs, batch size and schedule):
   and OURS with the P x Q x K hierarchical sampler (`OURS+PQK`, `sampler_pqk` as set);
 - `lambda`: `--variant` at loss.glm_lambda = 0.2, 0.4, ..., 1.4 (the paper's grid);
 - `k`: `--variant` at loss.glm_k = 1, 3, 5, 10.
-Runs live in WORKDIR/<study>/<run>/seed<s>; a finished run's result.json is reused, so
-re-running the command completes an interrupted sweep. Writes WORKDIR/<study>.json, a
+Runs live in WORKDIR/<study>/<run>/seed<s> (give each --variant of a lambda or k study
+its own WORKDIR); a finished run's result.json is reused, so re-running the command
+completes an interrupted sweep. Writes WORKDIR/<study>.json, a
 markdown table (mean +- std over seeds; the gain over SM is the mean +- std of the
 per-seed differences, seeds paired) and PNG plots; with --write the table goes into
 BENCHMARKS.md and the plots into docs/figures/.
@@ -198,10 +199,11 @@ def main(argv):
             results[name].append(train_run(config, workdir / study / slug / f"seed{seed}"))
         siblings[name] = sibling_fraction(run_config(base, variant, overrides, 0))
     (workdir / f"{study}.json").write_text(json.dumps(results))
-    figure = (FIGURES if _WRITE.value else workdir) / f"{study}_{config_name(base)}.png"
+    title = study if study == "variants" else f"{study}-{_VARIANT.value}"
+    figure = (FIGURES if _WRITE.value else workdir) / f"{title}_{config_name(base)}.png"
     plot(results, study, figure)
     body = "\n".join([
-        f"### {study}: {config_name(base)}",
+        f"### {title}: {config_name(base)}",
         "",
         f"{common.hardware_line()}. {_NOTE.value}".rstrip(),
         "",
@@ -222,7 +224,7 @@ def main(argv):
     ])
     print(body)
     if _WRITE.value:
-        common.write_section(f"{study}-{config_name(base)}", body)
+        common.write_section(f"{title}-{config_name(base)}", body)
 
 
 def config_name(config) -> str:

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from hierjax import datasets
 from hierjax.data import cifar100, synthetic
 from hierjax.data.pipeline import TrainIterator, eval_batches
 from hierjax.data.prefetch import Prefetch
@@ -34,7 +35,8 @@ from hierjax.data.source import ArraySource
 from hierjax.hierarchy import Hierarchy
 
 IN_MEMORY = ("synthetic", "cifar100")
-PREPARED = ("cub", "aircraft", "cars", "dogs", "nabirds")
+# Prepared by `python -m hierjax.prepare`; a prepared cifar100 loads into memory.
+PREPARED = tuple(name for name in datasets.BUILDERS if name not in IN_MEMORY)
 NAMES = IN_MEMORY + PREPARED + ("image_folder",)
 # ImageNet statistics, for the (pretrained) fine-grained models, in 0..1 units.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
