@@ -229,6 +229,17 @@ def finetune_config(dataset: str, hierarchy: str):
     return config
 
 
+def set_keys(config, overrides):
+    """Sets dotted keys, e.g. {"loss.glm_lambda": 0.4, "num_steps": 2}; returns config."""
+    for key, value in overrides.items():
+        *path, leaf = key.split(".")
+        node = config
+        for part in path:
+            node = node[part]
+        node[leaf] = value
+    return config
+
+
 def finalize(config, args):
     """Applies the variant and runlocal arguments shared by every config file."""
     apply_variant(config, args.variant)

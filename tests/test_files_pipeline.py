@@ -277,20 +277,14 @@ def cub_config(tfds_dir, **overrides):
     config.checkpoint_every_steps = 2
     config.async_checkpoints = False
     config.optimizer.warmup_epochs = 0.0
-    for key, value in overrides.items():
-        *path, leaf = key.removeprefix("config.").split(".")
-        node = config
-        for part in path:
-            node = node[part]
-        node[leaf] = value
-    return config
+    return config_lib.set_keys(config, overrides)
 
 
 def test_training_on_a_prepared_cub_resumes_mid_epoch(cub_dir, tmp_path):
     tfds_dir, expected = cub_dir
     # A constant learning rate, so 2 steps + 2 resumed ones follow the 4-step schedule.
     constant = {"optimizer.schedule": "step", "optimizer.decay_epochs": ()}
-    train.train_and_evaluate(cub_config(tfds_dir, **constant, **{"config.num_steps": 2}),
+    train.train_and_evaluate(cub_config(tfds_dir, **constant, **{"num_steps": 2}),
                              tmp_path / "split")
     resumed = train.train_and_evaluate(cub_config(tfds_dir, **constant), tmp_path / "split")
     straight = train.train_and_evaluate(cub_config(tfds_dir, **constant), tmp_path / "straight")

@@ -48,13 +48,7 @@ def tiny_config(**overrides):
     config.optimizer.schedule = "step"
     config.optimizer.decay_epochs = ()
     config.optimizer.warmup_epochs = 0.0
-    for key, value in overrides.items():
-        node = config
-        *path, leaf = key.split(".")
-        for part in path:
-            node = node[part]
-        node[leaf] = value
-    return config
+    return config_lib.set_keys(config, overrides)
 
 
 def _context(config, hierarchy, axis_name):

@@ -71,9 +71,7 @@ def run_config(base, variant: str, overrides: dict, seed: int):
 
     config = copy.deepcopy(base)
     with config.unlocked():
-        for key, value in overrides.items():
-            section, leaf = key.split(".")
-            config[section][leaf] = value
+        config_lib.set_keys(config, overrides)
         config.seed = seed
         config_lib.apply_variant(config, variant)
     return config
