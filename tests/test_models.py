@@ -27,7 +27,7 @@ from hierjax.models import (
     WideResNet,
     build_model,
 )
-from hierjax.models.layers import batch_norm_def
+from hierjax.models.layers import Backbone
 from hierjax.models.resnet import BasicBlock, BottleneckBlock
 
 # ------------------------------------------------------------------------------ helpers
@@ -176,9 +176,7 @@ def test_wrn_rejects_bad_depth():
 
 @pytest.mark.parametrize("block_cls", [BasicBlock, BottleneckBlock])
 def test_zero_init_residual_blocks_start_as_identity(block_cls):
-    norm = batch_norm_def(
-        train=False, momentum=0.9, epsilon=1e-5, axis_name=None, dtype=jnp.float32
-    )
+    norm = Backbone().norm(train=False)
     last_bn = "bn2" if block_cls is BasicBlock else "bn3"
     width = 8 // block_cls.expansion  # 8 channels in and out: identity shortcut
     x = _images((2, 4, 4, 8))

@@ -1,7 +1,9 @@
-"""Layers shared by the backbones: conv and BatchNorm constructors, global pooling."""
+"""What the backbones share: the `Backbone` base (dtype, BatchNorm settings), convs,
+global pooling."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Any, Callable
 
@@ -45,23 +47,35 @@ def conv2d(
     )
 
 
-def batch_norm_def(
-    *, train: bool, momentum: float, epsilon: float, axis_name: str | None, dtype: Dtype
-) -> ModuleDef:
-    """An `nn.BatchNorm` constructor with the backbone-wide settings bound.
+class Backbone(nn.Module):
+    """Base of every backbone: compute dtype and BatchNorm settings, keyword-only.
 
-    `axis_name` makes training-mode statistics a mean over that pmap/shard_map axis, so
-    every device normalises with (and stores) the statistics of the global batch.
+    Attributes:
+      dtype: compute dtype; parameters and BatchNorm statistics stay float32.
+      bn_axis_name: pmap/shard_map axis over which training-mode BatchNorm averages
+        its statistics, so every device normalises with (and stores) those of the
+        global batch; None on one device.
+      bn_momentum, bn_epsilon: running-average decay and epsilon (torchvision's
+        momentum 0.1 is this 0.9).
     """
-    return functools.partial(
-        nn.BatchNorm,
-        use_running_average=not train,
-        momentum=momentum,
-        epsilon=epsilon,
-        axis_name=axis_name,
-        dtype=dtype,
-        param_dtype=jnp.float32,
-    )
+
+    _: dataclasses.KW_ONLY
+    dtype: Dtype = jnp.float32
+    bn_axis_name: str | None = None
+    bn_momentum: float = 0.9
+    bn_epsilon: float = 1e-5
+
+    def norm(self, train: bool) -> ModuleDef:
+        """An `nn.BatchNorm` constructor with this backbone's settings bound."""
+        return functools.partial(
+            nn.BatchNorm,
+            use_running_average=not train,
+            momentum=self.bn_momentum,
+            epsilon=self.bn_epsilon,
+            axis_name=self.bn_axis_name,
+            dtype=self.dtype,
+            param_dtype=jnp.float32,
+        )
 
 
 def global_avg_pool(x_BxHxWxC: jax.Array) -> jax.Array:

@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from hierjax.models.layers import Dtype, ModuleDef, batch_norm_def, conv2d, global_avg_pool
+from hierjax.models.layers import Backbone, Dtype, ModuleDef, conv2d, global_avg_pool
 
 
 def _last_bn(norm: ModuleDef, zero_init: bool, name: str) -> nn.Module:
@@ -89,7 +89,7 @@ LAYOUTS: dict[int, tuple[type[nn.Module], tuple[int, ...]]] = {
 STAGE_WIDTHS = (64, 128, 256, 512)
 
 
-class ResNet(nn.Module):
+class ResNet(Backbone):
     """ResNet backbone: images [B, H, W, C] -> features f32 [B, D] (or the last map).
 
     Attributes:
@@ -99,32 +99,20 @@ class ResNet(nn.Module):
       zero_init_residual: start the last BN scale of every block at zero.
       pool: True returns global-average-pooled float32 features [B, D]; False returns
         the last feature map [B, H', W', D] in `dtype` (for bilinear pooling).
-      dtype: compute dtype; parameters and BatchNorm statistics stay float32.
-      bn_axis_name: pmap axis over which BatchNorm averages its batch statistics.
-      bn_momentum, bn_epsilon: BatchNorm running-average decay and epsilon.
+      dtype, bn_axis_name, bn_momentum, bn_epsilon: see `Backbone`.
     """
 
     depth: int
     small_input: bool = False
     zero_init_residual: bool = True
     pool: bool = True
-    dtype: Dtype = jnp.float32
-    bn_axis_name: str | None = None
-    bn_momentum: float = 0.9
-    bn_epsilon: float = 1e-5
 
     @nn.compact
     def __call__(self, x_BxHxWxC: jax.Array, *, train: bool) -> jax.Array:
         if self.depth not in LAYOUTS:
             raise ValueError(f"ResNet depth must be one of {sorted(LAYOUTS)}; got {self.depth}")
         block_cls, blocks_per_stage = LAYOUTS[self.depth]
-        norm = batch_norm_def(
-            train=train,
-            momentum=self.bn_momentum,
-            epsilon=self.bn_epsilon,
-            axis_name=self.bn_axis_name,
-            dtype=self.dtype,
-        )
+        norm = self.norm(train)
         if self.small_input:
             x = conv2d(64, 3, dtype=self.dtype, name="stem_conv")(x_BxHxWxC)
         else:

@@ -13,46 +13,35 @@ the same order. Convs keep their bias even with BatchNorm, as torchvision's do.
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 from flax import linen as nn
 
-from hierjax.models.layers import Dtype, batch_norm_def, conv2d, global_avg_pool
+from hierjax.models.layers import Backbone, conv2d, global_avg_pool
 
 # depth -> convs per block
 LAYOUTS: dict[int, tuple[int, ...]] = {16: (2, 2, 3, 3, 3), 19: (2, 2, 4, 4, 4)}
 BLOCK_WIDTHS = (64, 128, 256, 512, 512)
 
 
-class VGG(nn.Module):
+class VGG(Backbone):
     """VGG backbone: images [B, H, W, C] -> features f32 [B, 512] (or the conv5 map).
 
     Attributes:
       depth: 16 or 19.
       batchnorm: BN after every conv (torchvision's vgg*_bn).
       pool: True returns pooled float32 features [B, 512]; False the conv5 map in `dtype`.
-      dtype, bn_axis_name, bn_momentum, bn_epsilon: as for `ResNet` (BN settings only
-        matter with `batchnorm`).
+      dtype, bn_axis_name, bn_momentum, bn_epsilon: see `Backbone` (the BN settings
+        only matter with `batchnorm`).
     """
 
     depth: int = 16
     batchnorm: bool = False
     pool: bool = True
-    dtype: Dtype = jnp.float32
-    bn_axis_name: str | None = None
-    bn_momentum: float = 0.9
-    bn_epsilon: float = 1e-5
 
     @nn.compact
     def __call__(self, x_BxHxWxC: jax.Array, *, train: bool) -> jax.Array:
         if self.depth not in LAYOUTS:
             raise ValueError(f"VGG depth must be one of {sorted(LAYOUTS)}; got {self.depth}")
-        norm = batch_norm_def(
-            train=train,
-            momentum=self.bn_momentum,
-            epsilon=self.bn_epsilon,
-            axis_name=self.bn_axis_name,
-            dtype=self.dtype,
-        )
+        norm = self.norm(train)
         x = x_BxHxWxC
         for i, (width, num_convs) in enumerate(zip(BLOCK_WIDTHS, LAYOUTS[self.depth]), start=1):
             if i > 1:

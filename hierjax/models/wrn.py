@@ -9,10 +9,9 @@ conv2, shortcut_conv}` (i = 1..3, j 0-based), `final_bn`.
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 from flax import linen as nn
 
-from hierjax.models.layers import Dtype, ModuleDef, batch_norm_def, conv2d, global_avg_pool
+from hierjax.models.layers import Backbone, Dtype, ModuleDef, conv2d, global_avg_pool
 
 
 def blocks_per_group(depth: int) -> int:
@@ -51,7 +50,7 @@ class WideBlock(nn.Module):
         return y + shortcut
 
 
-class WideResNet(nn.Module):
+class WideResNet(Backbone):
     """WRN-d-k backbone: images [B, H, W, C] -> features f32 [B, 64k] (or the last map).
 
     Attributes:
@@ -61,28 +60,18 @@ class WideResNet(nn.Module):
         training with a rate > 0 needs a "dropout" rng.
       pool: True returns pooled float32 features [B, 64k]; False returns the map after
         the final BN-ReLU, in `dtype`.
-      dtype, bn_axis_name, bn_momentum, bn_epsilon: as for `ResNet`.
+      dtype, bn_axis_name, bn_momentum, bn_epsilon: see `Backbone`.
     """
 
     depth: int = 28
     width: int = 10
     dropout: float = 0.0
     pool: bool = True
-    dtype: Dtype = jnp.float32
-    bn_axis_name: str | None = None
-    bn_momentum: float = 0.9
-    bn_epsilon: float = 1e-5
 
     @nn.compact
     def __call__(self, x_BxHxWxC: jax.Array, *, train: bool) -> jax.Array:
         n = blocks_per_group(self.depth)
-        norm = batch_norm_def(
-            train=train,
-            momentum=self.bn_momentum,
-            epsilon=self.bn_epsilon,
-            axis_name=self.bn_axis_name,
-            dtype=self.dtype,
-        )
+        norm = self.norm(train)
         x = conv2d(16, 3, dtype=self.dtype, name="stem_conv")(x_BxHxWxC)
         for i, base in enumerate((16, 32, 64), start=1):
             for j in range(n):
