@@ -6,17 +6,17 @@
 
 Trains on the official trainval split (train + val), evaluates on test.
 Archive: fgvc-aircraft-2013b.tar.gz.
-The fine-tuning recipe of hierjax.config_lib.finetune_config (ImageNet-pretrained
+The fine-tuning recipe of hierjax.recipes.finetune (ImageNet-pretrained
 ResNet-50, 448 px, batch 32, SGD lr 0.01 with 10x for the heads, cosine over 100
 epochs); variant OURS by default. Arguments: `runlocal`, `variant=NAME`.
 """
 
-from hierjax import config_lib
+from hierjax import recipes
 
 
 def get_config(arg=None):
-    args = config_lib.parse_arg(arg, runlocal=False, variant="OURS",
-                                hierarchy="variant_family_manufacturer")
-    config = config_lib.finetune_config("aircraft", args.hierarchy)
+    args = recipes.parse_arg(arg, runlocal=False, variant="OURS",
+                               hierarchy="variant_family_manufacturer")
+    config = recipes.finetune("aircraft", args.hierarchy)
     config.data.train_split = "trainval"
-    return config_lib.finalize(config, args)
+    return recipes.finish(config, args)

@@ -5,16 +5,16 @@
         --config.model.pretrained=resnet50.safetensors
 
 Archives: cars_train.tgz, cars_test.tgz, car_devkit.tgz, cars_test_annos_withlabels.mat.
-The fine-tuning recipe of hierjax.config_lib.finetune_config (ImageNet-pretrained
+The fine-tuning recipe of hierjax.recipes.finetune (ImageNet-pretrained
 ResNet-50, 448 px, batch 32, SGD lr 0.01 with 10x for the heads, cosine over 100
 epochs); variant OURS by default. Arguments: `runlocal`, `variant=NAME`.
 """
 
-from hierjax import config_lib
+from hierjax import recipes
 
 
 def get_config(arg=None):
-    args = config_lib.parse_arg(arg, runlocal=False, variant="OURS",
-                                hierarchy="model_bodytype")
-    config = config_lib.finetune_config("cars", args.hierarchy)
-    return config_lib.finalize(config, args)
+    args = recipes.parse_arg(arg, runlocal=False, variant="OURS",
+                               hierarchy="model_bodytype")
+    config = recipes.finetune("cars", args.hierarchy)
+    return recipes.finish(config, args)

@@ -7,16 +7,16 @@
 Hierarchies (`:hierarchy=NAME`): species_family_order (Chang et al., 200/38/13),
 species_genus_family_order (HSE/HRN, 200/122/37/13), suffix (name suffix, 200 -> 70).
 Archive: CUB_200_2011.tgz.
-The fine-tuning recipe of hierjax.config_lib.finetune_config (ImageNet-pretrained
+The fine-tuning recipe of hierjax.recipes.finetune (ImageNet-pretrained
 ResNet-50, 448 px, batch 32, SGD lr 0.01 with 10x for the heads, cosine over 100
 epochs); variant OURS by default. Arguments: `runlocal`, `variant=NAME`.
 """
 
-from hierjax import config_lib
+from hierjax import recipes
 
 
 def get_config(arg=None):
-    args = config_lib.parse_arg(arg, runlocal=False, variant="OURS",
-                                hierarchy="species_family_order")
-    config = config_lib.finetune_config("cub", args.hierarchy)
-    return config_lib.finalize(config, args)
+    args = recipes.parse_arg(arg, runlocal=False, variant="OURS",
+                               hierarchy="species_family_order")
+    config = recipes.finetune("cub", args.hierarchy)
+    return recipes.finish(config, args)

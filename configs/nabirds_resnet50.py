@@ -5,15 +5,15 @@
         --config.model.pretrained=resnet50.safetensors
 
 Archive: nabirds.tar.gz.
-The fine-tuning recipe of hierjax.config_lib.finetune_config (ImageNet-pretrained
+The fine-tuning recipe of hierjax.recipes.finetune (ImageNet-pretrained
 ResNet-50, 448 px, batch 32, SGD lr 0.01 with 10x for the heads, cosine over 100
 epochs); variant OURS by default. Arguments: `runlocal`, `variant=NAME`.
 """
 
-from hierjax import config_lib
+from hierjax import recipes
 
 
 def get_config(arg=None):
-    args = config_lib.parse_arg(arg, runlocal=False, variant="OURS")
-    config = config_lib.finetune_config("nabirds", "")
-    return config_lib.finalize(config, args)
+    args = recipes.parse_arg(arg, runlocal=False, variant="OURS")
+    config = recipes.finetune("nabirds", "")
+    return recipes.finish(config, args)

@@ -1,12 +1,14 @@
 """Entry point: `python -m hierjax.main --config=configs/FILE.py[:ARGS] --workdir=DIR`.
 
-Any config key can be overridden with `--config.KEY=VALUE`. Under SLURM (or with
-config.distributed.initialize) JAX's multi-process runtime is initialised first, one
-process per GPU.
+Any config key can be overridden with `--config.KEY=VALUE` (every key: hierjax/settings.py).
+Under SLURM (or with config.distributed.initialize) JAX's multi-process runtime is
+initialised first, one process per GPU. Errors in what the user gave (config, data,
+workdir) print their message alone and exit with status 2.
 """
 
 import logging as py_logging
 import os
+import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -17,6 +19,8 @@ _CONFIG = config_flags.DEFINE_config_file(
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs, profiles.")
 flags.mark_flags_as_required(["config", "workdir"])
 
+USAGE_ERROR = 2
+
 
 class _QuietOrbax(py_logging.Filter):
     """Drops orbax's per-save INFO chatter; its warnings and errors still show."""
@@ -25,23 +29,70 @@ class _QuietOrbax(py_logging.Filter):
         return record.levelno >= py_logging.WARNING or "/orbax/" not in record.pathname
 
 
+def _fail(message: str):
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(USAGE_ERROR)
+
+
+def _check_override_keys(argv) -> None:
+    """Unknown `--config.KEY` flags as one line naming the nearest key (config_flags
+    itself answers them with a long traceback)."""
+    from hierjax import settings
+
+    known = settings.schema()
+    for arg in argv[1:]:
+        if arg.startswith("--config."):
+            dotted = arg[len("--config."):].split("=", 1)[0]
+            if dotted not in known:
+                _fail(str(settings.unknown_key_error(dotted)))
+
+
+def _parse_flags(argv):
+    _check_override_keys(argv)
+    from hierjax.settings import ConfigError
+
+    try:
+        return flags.FLAGS(argv)
+    except (flags.Error, ConfigError) as e:
+        # config_flags re-raises an error of the config file's get_config with its
+        # traceback in the message: report the innermost ConfigError's own message.
+        message, cause = str(e), e
+        while cause is not None:
+            if isinstance(cause, ConfigError):
+                message = str(cause)
+            cause = cause.__cause__ or cause.__context__
+        _fail(message)
+
+
+def resolved_settings():
+    """The --config file with its overrides, validated (`hierjax.settings.resolve`)."""
+    from hierjax import settings
+
+    try:
+        return settings.resolve(_CONFIG.value)
+    except settings.ConfigError as e:
+        _fail(str(e))
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     import jax  # after flag parsing, so --help is fast
 
-    py_logging.getLogger("absl").addFilter(_QuietOrbax())
+    from hierjax import settings, train
 
-    config = _CONFIG.value
-    if config.distributed.initialize or "SLURM_JOB_ID" in os.environ and int(
+    py_logging.getLogger("absl").addFilter(_QuietOrbax())
+    resolved = resolved_settings()
+    if resolved.distributed.initialize or "SLURM_JOB_ID" in os.environ and int(
             os.environ.get("SLURM_NTASKS", "1")) > 1:
         jax.distributed.initialize()
     logging.info("JAX %s: process %d of %d, local devices %s", jax.__version__,
                  jax.process_index(), jax.process_count(), jax.local_devices())
-
-    from hierjax import train
-    train.train_and_evaluate(config, _WORKDIR.value)
+    try:
+        train.train_and_evaluate(resolved, _WORKDIR.value)
+    except settings.ConfigError as e:
+        _fail(str(e))
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=_parse_flags)

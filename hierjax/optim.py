@@ -1,19 +1,8 @@
-"""Optimizers and learning-rate schedules (optax) built from `config.optimizer`.
-
-Keys of `config.optimizer`:
-  name            "sgd" (momentum, coupled L2 weight decay) or "adamw" (decoupled decay)
-  lr              peak learning rate for the global batch
-  momentum        SGD momentum / AdamW b1
-  nesterov        Nesterov momentum (both optimizers)
-  weight_decay    applied to kernels only: BatchNorm scales and all biases are skipped
-  schedule        "cosine" (linear warmup, cosine to 0) or "step" (warmup, then x
-                  decay_factor at each epoch in decay_epochs)
-  warmup_epochs   linear warmup length (float epochs)
-  decay_epochs    epochs of the step schedule's drops, e.g. (60, 120, 160)
-  decay_factor    multiplier at each drop
-  head_lr_multiplier  learning-rate multiplier of the new heads relative to the
-                  backbone (e.g. 10 when fine-tuning a pretrained backbone)
-  grad_clip_norm  clip gradients to this global norm (0 = off)
+"""Optimizers and learning-rate schedules (optax) from `hierjax.settings.OptimizerSettings`
+(the validated keys of `config.optimizer`, documented there): SGD with momentum and
+coupled L2 decay, or AdamW with decoupled decay; weight decay on kernels only
+(BatchNorm scales and biases are skipped); the new heads get `head_lr_multiplier` times
+the backbone's learning rate; optional global-norm clipping.
 """
 
 from __future__ import annotations
@@ -23,28 +12,25 @@ import optax
 
 from hierjax.models import HEADS_PARAMS
 
-OPTIMIZERS = ("sgd", "adamw")
-SCHEDULES = ("cosine", "step")
-
-
 def build_schedule(opt_config, *, total_steps, steps_per_epoch):
-    """Learning rate as a function of the step, for the peak rate `opt_config.lr`."""
+    """Learning rate as a function of the step, for the peak rate `opt_config.lr`.
+
+    cosine: 0 -> lr linearly over the warm-up, then lr (1 + cos(pi t)) / 2 to 0 at the
+    last step; step: the warm-up, then lr x decay_factor^(drops passed).
+    """
     warmup = int(round(opt_config.warmup_epochs * steps_per_epoch))
     warmup = min(warmup, max(total_steps - 1, 0))
     if opt_config.schedule == "cosine":
         return optax.warmup_cosine_decay_schedule(
             init_value=0.0, peak_value=opt_config.lr, warmup_steps=warmup,
             decay_steps=max(total_steps, warmup + 1), end_value=0.0)
-    if opt_config.schedule == "step":
-        boundaries = {int(round(e * steps_per_epoch)): opt_config.decay_factor
-                      for e in opt_config.decay_epochs}
-        steps = optax.piecewise_constant_schedule(opt_config.lr, boundaries)
-        if warmup == 0:
-            return steps
-        ramp = optax.linear_schedule(0.0, opt_config.lr, warmup)
-        return optax.join_schedules([ramp, steps], [warmup])
-    raise ValueError(f"config.optimizer.schedule must be one of {SCHEDULES}, "
-                     f"got {opt_config.schedule!r}.")
+    boundaries = {int(round(e * steps_per_epoch)): opt_config.decay_factor
+                  for e in opt_config.decay_epochs}
+    steps = optax.piecewise_constant_schedule(opt_config.lr, boundaries)
+    if warmup == 0:
+        return steps
+    ramp = optax.linear_schedule(0.0, opt_config.lr, warmup)
+    return optax.join_schedules([ramp, steps], [warmup])
 
 
 def decay_mask(params):
@@ -61,9 +47,6 @@ def _param_groups(params):
 
 def build_optimizer(opt_config, schedule):
     """The optax transformation: clip -> per-group (backbone / heads) optimizer."""
-    if opt_config.name not in OPTIMIZERS:
-        raise ValueError(f"config.optimizer.name must be one of {OPTIMIZERS}, "
-                         f"got {opt_config.name!r}.")
 
     def optimizer(lr_scale):
         lr = (lambda step: lr_scale * schedule(step)) if lr_scale != 1.0 else schedule

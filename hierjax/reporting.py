@@ -84,15 +84,6 @@ class ProgressBar:
             self._print(self._line(now))
             self._last_print = (now, step)
 
-    def write(self, message: str) -> None:
-        """Prints a message (e.g. eval results) without garbling the status line."""
-        if self._tty and self._drawn:
-            self._stream.write("\r" + " " * len(self._drawn) + "\r" + message + "\n")
-            self._stream.write(self._drawn)
-        else:
-            self._stream.write(message + "\n")
-        self._stream.flush()
-
     def close(self) -> None:
         """Prints the final state and ends the line."""
         self._print(self._line(time.monotonic()))
@@ -134,29 +125,22 @@ class MetricWriter:
     """Writes scalars to `workdir/metrics.jsonl` and to TensorBoard.
 
     JSONL: one object per line, {"step": s, "split": split, name: value, ...},
-    appended, so a resumed run continues the same file; a run that resumes from
-    an earlier checkpoint repeats some steps, and readers should keep the last
-    line per (split, step). TensorBoard: one run per split under
-    `workdir/tensorboard/<split>`, so train and eval curves of the same metric
-    share a chart. Pass `purge_step` (the step resumed from) to have TensorBoard
-    drop the previous run's points from that step on. Create it on process 0 only.
+    appended, so a resumed run continues the same file. TensorBoard: one run per split
+    under `workdir/tensorboard/<split>`, so train and eval curves of the same metric
+    share a chart. `resumed_at` (the step of the checkpoint a run resumes from) drops the
+    rows an earlier run wrote after that step, from the JSONL file and from TensorBoard,
+    since the resumed run writes them again. Create it on process 0 only.
     """
 
-    def __init__(self, workdir, *, purge_step: int | None = None):
+    def __init__(self, workdir, *, resumed_at: int | None = None):
         self._workdir = os.fspath(workdir)
         os.makedirs(self._workdir, exist_ok=True)
         path = os.path.join(self._workdir, "metrics.jsonl")
-        # A job killed mid-write can leave a partial last line: start on a new one.
-        needs_newline = False
-        if os.path.exists(path) and os.path.getsize(path):
-            with open(path, "rb") as f:
-                f.seek(-1, os.SEEK_END)
-                needs_newline = f.read(1) != b"\n"
+        if resumed_at is not None and os.path.exists(path):
+            _drop_rows_after(path, resumed_at)
         # Line buffering: a crash loses at most the line being written.
         self._jsonl = open(path, "a", buffering=1, encoding="utf-8")
-        if needs_newline:
-            self._jsonl.write("\n")
-        self._purge_step = purge_step
+        self._purge_step = None if resumed_at is None else resumed_at + 1
         self._tensorboard: dict[str, SummaryWriter] = {}
 
     def write(self, step: int, scalars: Mapping[str, Any], split: str = "train") -> None:
@@ -175,12 +159,6 @@ class MetricWriter:
         for name, value in values.items():
             writer.add_scalar(name, value, step)
 
-    def flush(self) -> None:
-        """Pushes everything written so far to disk."""
-        self._jsonl.flush()
-        for writer in self._tensorboard.values():
-            writer.flush()
-
     def close(self) -> None:
         """Flushes and closes all files."""
         for writer in self._tensorboard.values():
@@ -193,6 +171,24 @@ class MetricWriter:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _drop_rows_after(path: str, step: int) -> None:
+    """Rewrites a metrics.jsonl without its rows after `step` (and without a partial
+    last line left by a job killed mid-write)."""
+    kept = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if row.get("step", 0) <= step:
+                kept.append(line if line.endswith("\n") else line + "\n")
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.writelines(kept)
+    os.replace(tmp, path)
 
 
 def summary_table(rows: Mapping[str, Mapping[str, Any]]) -> str:

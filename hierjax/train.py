@@ -1,14 +1,22 @@
-"""Training loop: build everything from a config, then train, evaluate, checkpoint.
+"""Training: build everything from the settings, then train, evaluate and checkpoint.
 
 `train_and_evaluate(config, workdir)` is the whole job. The per-device steps are the
-pure functions of `hierjax.train_step`; this module only wires data, devices,
-checkpoints, logging and profiling around them.
+pure functions of `hierjax.train_step`; this module wires data, devices, checkpoints,
+logging and profiling around them.
+
+The loop keeps the devices busy: batches are copied to the devices one step ahead
+(`hierjax.prefetch`), and the scalars of step n are fetched after step n + 1 has been
+dispatched, so the host never waits for the step it just queued. Fetching them every
+step also bounds the work queued ahead of the devices to two steps, so a SIGTERM is
+acted on within two steps, and lets every step's loss, gradient norm and parameter norm
+be checked: a non-finite state is never saved.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import pathlib
 
 import flax.jax_utils
@@ -16,178 +24,270 @@ import jax
 import numpy as np
 from absl import logging
 
-from hierjax import config_lib, data, metrics, optim
+from hierjax import data, metrics, optim, settings as settings_lib
 from hierjax.checkpointing import Checkpointer, PreemptionFlag
 from hierjax.models import build_model
+from hierjax.prefetch import DevicePrefetch
 from hierjax.profiling import StepProfiler, annotate
 from hierjax.reporting import MetricWriter, ProgressBar, summary_table
 from hierjax.train_step import AXIS, StepContext, eval_step, init_state, train_step
 
 BEST_METRIC = "top1/0"
+CONFIG_FILE = "config.json"
 
 
-def _check_levels(config, hierarchy):
+@dataclasses.dataclass(frozen=True)
+class Schedule:
+    """How long the run is and when it logs, evaluates and checkpoints (in steps)."""
+
+    total_steps: int
+    steps_per_epoch: int
+    log_every: int
+    eval_every: int
+
+    @classmethod
+    def of(cls, s: settings_lib.Settings, steps_per_epoch: int) -> Schedule:
+        return cls(total_steps=s.num_steps or s.num_epochs * steps_per_epoch,
+                   steps_per_epoch=steps_per_epoch, log_every=s.log_every_steps,
+                   eval_every=s.eval_every_steps or steps_per_epoch)
+
+
+def build_context(s: settings_lib.Settings, hierarchy, *, total_steps: int,
+                  steps_per_epoch: int, axis_name=AXIS) -> StepContext:
+    """Model, optimizer and loss settings for the steps (`StepContext`)."""
     h = hierarchy.num_levels
     for key in ("level_weights", "glm_margins"):
-        if len(config.loss[key]) < h:
-            raise ValueError(
-                f"config.loss.{key} has {len(config.loss[key])} entries but the "
-                f"{config.data.name!r} hierarchy has {h} levels {hierarchy.level_names}; "
-                f"give at least {h} values, fine level first.")
-
-
-def build_context(config, hierarchy, *, total_steps, steps_per_epoch, axis_name=AXIS):
-    """Model, optimizer and loss settings for the steps (`StepContext`)."""
-    _check_levels(config, hierarchy)
-    classes = hierarchy.num_classes
-    model = build_model(config.model, classes if config.model.heads == "cascade"
-                        else classes[:1], bn_axis_name=axis_name)
-    schedule = optim.build_schedule(config.optimizer, total_steps=total_steps,
+        if len(getattr(s.loss, key)) < h:
+            raise settings_lib.ConfigError(
+                f"config.loss.{key} has {len(getattr(s.loss, key))} entries but the "
+                f"{s.data.name!r} hierarchy has {h} levels {hierarchy.level_names}; give "
+                f"at least {h} values, fine level first")
+    variant = s.parsed_variant
+    model = build_model(s.model, hierarchy.num_classes, cascade=variant.cascade,
+                        skip=variant.skip, bn_axis_name=axis_name)
+    schedule = optim.build_schedule(s.optimizer, total_steps=total_steps,
                                     steps_per_epoch=steps_per_epoch)
-    mean, std = data.normalization(config.data)
-    return StepContext(model=model, tx=optim.build_optimizer(config.optimizer, schedule),
+    mean, std = data.normalization(s.data)
+    return StepContext(model=model, tx=optim.build_optimizer(s.optimizer, schedule),
                        schedule=schedule, ancestors=np.asarray(hierarchy.ancestors),
-                       mean=tuple(mean), std=tuple(std), loss=config.loss,
-                       axis_name=axis_name)
+                       mean=tuple(mean), std=tuple(std), loss=s.loss, axis_name=axis_name)
 
 
-def evaluate(p_eval, replicated_state, batches):
+def evaluate(p_eval, replicated_state, eval_input) -> dict[str, float]:
     """Rates over every evaluation example exactly once (see hierjax.metrics)."""
     totals = {}
-    for batch in batches:
-        # Accumulate per device (an elementwise add); summing over the device axis on
-        # device would be a cross-device collective, so that happens once, on the host.
+    for batch in eval_input.batches():
+        # Summed per device on the devices (an elementwise add, no collective), then
+        # over the devices and processes once, on the host.
         totals = metrics.merge(totals, p_eval(replicated_state, batch))
     totals = jax.tree.map(lambda x: np.sum(x, 0), jax.device_get(totals))
     if jax.process_count() > 1:
         from jax.experimental import multihost_utils  # only multi-host runs need it
+
         totals = jax.tree.map(lambda x: np.sum(x, 0),
                               multihost_utils.process_allgather(totals))
     return metrics.summarize(totals)
 
 
-def _mean_scalars(pending):
-    """Host-side mean of the per-step scalars fetched since the last log."""
-    fetched = jax.device_get(pending)
-    return {k: float(np.mean([s[k][0] for s in fetched])) for k in fetched[0]}
-
-
 def train_and_evaluate(config, workdir) -> dict[str, float]:
-    """Trains `config` in `workdir`, resuming from its latest checkpoint if any.
-
-    Returns the final evaluation metrics (hierjax.metrics.summarize names).
-    """
-    config_lib.validate(config)
+    """Trains `config` (a ConfigDict, resolved here, or `Settings`) in `workdir`,
+    resuming from its latest checkpoint if any. Returns the final evaluation metrics
+    (hierjax.metrics.summarize names) plus "step", the step they were measured at."""
+    s = config if isinstance(config, settings_lib.Settings) else settings_lib.resolve(config)
     workdir = pathlib.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
+    settings_lib.write_json(s, workdir / CONFIG_FILE)
     num_devices, num_processes = jax.local_device_count(), jax.process_count()
-    if config.batch_size % (num_devices * num_processes):
-        raise ValueError(
-            f"config.batch_size = {config.batch_size} must divide evenly over "
+    if s.batch_size % (num_devices * num_processes):
+        raise settings_lib.ConfigError(
+            f"config.batch_size = {s.batch_size} must divide evenly over "
             f"{num_devices * num_processes} devices ({num_processes} process(es) x "
-            f"{num_devices}); pick a multiple of {num_devices * num_processes}.")
-    # Batches are read and augmented in the background (a thread for in-memory data,
-    # grain worker processes for files) while the devices train.
-    inputs = data.build_input(config, num_devices=num_devices,
-                              process_index=jax.process_index(), num_processes=num_processes)
-    hierarchy, train_iter = inputs.hierarchy, inputs.train
-    steps_per_epoch = train_iter.steps_per_epoch
-    total_steps = config.num_steps or config.num_epochs * steps_per_epoch
-    eval_every = config.eval_every_steps or steps_per_epoch
-    logging.info("Data: %s, %d train / %d eval examples, hierarchy %s %s; %d devices, "
-                 "%d steps of batch %d (%d per epoch).", config.data.name, inputs.num_train,
-                 inputs.num_eval, hierarchy.level_names, hierarchy.num_classes,
-                 num_devices * num_processes, total_steps, config.batch_size,
-                 steps_per_epoch)
+            f"{num_devices}); pick a multiple of {num_devices * num_processes}")
+    inputs = data.build_input(s, num_devices=num_devices, process_index=jax.process_index(),
+                              num_processes=num_processes)
+    try:
+        return _run(s, workdir, inputs)
+    finally:
+        inputs.close()
 
-    ctx = build_context(config, hierarchy, total_steps=total_steps,
-                        steps_per_epoch=steps_per_epoch)
-    init_rng, train_rng = jax.random.split(jax.random.key(config.seed))
+
+def _run(s, workdir: pathlib.Path, inputs: data.Input) -> dict[str, float]:
+    plan = Schedule.of(s, inputs.train.steps_per_epoch)
+    hierarchy = inputs.hierarchy
+    logging.info("Data: %s, %d train / %d eval examples (this process), hierarchy %s %s; "
+                 "%d steps of batch %d (%d per epoch). Variant %s, loss %s.", s.data.name,
+                 len(inputs.train.source), len(inputs.eval), hierarchy.level_names,
+                 hierarchy.num_classes, plan.total_steps, s.batch_size, plan.steps_per_epoch,
+                 s.variant, s.loss)
+    ctx = build_context(s, hierarchy, total_steps=plan.total_steps,
+                        steps_per_epoch=plan.steps_per_epoch)
     checkpointer = Checkpointer(
-        workdir / "checkpoints", save_interval_steps=config.checkpoint_every_steps,
-        max_to_keep=config.keep_checkpoints, keep_best=config.keep_best_checkpoints,
-        best_metric=BEST_METRIC, async_save=config.async_checkpoints)
+        workdir / "checkpoints", save_interval_steps=s.checkpoint_every_steps,
+        max_to_keep=s.keep_checkpoints, keep_best=s.keep_best_checkpoints,
+        best_metric=BEST_METRIC, async_save=s.async_checkpoints)
+    try:
+        state = _restore_or_init(s, ctx, inputs, checkpointer)
+        start_step = int(state.step)
+        replicated = flax.jax_utils.replicate(state)
+        del state  # the replicated copy is the one that trains
+        p_eval = jax.pmap(functools.partial(eval_step, ctx=dataclasses.replace(ctx, axis_name=None)))
+        with MetricWriter(workdir, resumed_at=start_step) as writer:
+            finished = start_step >= plan.total_steps
+            stopped, latest = False, {}
+            if finished:
+                logging.info("Training already finished (step %d of %d); evaluating only.",
+                             start_step, plan.total_steps)
+            else:
+                replicated, latest, stopped = _train_loop(
+                    s, plan, ctx, replicated, inputs, checkpointer, writer, p_eval, workdir)
+            step = int(replicated.step[0])
+            # After a SIGTERM the scheduler's grace period is short: report the latest
+            # evaluation as it is, labelled with its step, rather than run another.
+            if not stopped and latest.get("step") != step:
+                latest = {**evaluate(p_eval, replicated, inputs.eval), "step": step}
+                if not finished:  # a finished run's file already has this row
+                    writer.write(step, _without_step(latest), split="eval")
+    finally:
+        checkpointer.close()
+    print(_summary(latest, hierarchy, stopped_at=step if stopped else None), flush=True)
+    return latest
+
+
+def _without_step(rates: dict) -> dict:
+    return {k: v for k, v in rates.items() if k != "step"}
+
+
+def _restore_or_init(s, ctx, inputs, checkpointer):
+    """The latest checkpoint's state (and input position), else a fresh state."""
     resuming = checkpointer.latest_step() is not None
     # A resumed run takes its weights from the checkpoint, not the pretrained file.
-    state = init_state(init_rng, ctx, inputs.image_shape,
-                       model_config=None if resuming else config.model)
+    state = init_state(jax.random.key(s.seed), ctx, inputs.image_shape,
+                       model_config=None if resuming else s.model)
     if resuming:
         state, data_state = checkpointer.restore(state)
-        train_iter.set_state(data_state)
+        inputs.train.set_state(data_state)
         logging.info("Resumed from %s at step %d.", checkpointer.directory, int(state.step))
-    start_step = int(state.step)
+    return state
 
+
+def _train_loop(s, plan: Schedule, ctx, replicated, inputs, checkpointer, writer, p_eval,
+                workdir):
+    """Steps from the state's step to plan.total_steps or a SIGTERM. Returns the state,
+    the latest evaluation (with its "step"; {} if none ran) and whether a SIGTERM
+    stopped the run."""
+    start = int(replicated.step[0])
+    train_rng = jax.random.fold_in(jax.random.key(s.seed), 1)
     p_train = jax.pmap(functools.partial(train_step, ctx=ctx), axis_name=AXIS,
                        in_axes=(0, 0, None), donate_argnums=(0,))
-    p_eval = jax.pmap(functools.partial(eval_step, ctx=dataclasses.replace(ctx, axis_name=None)))
-    replicated = flax.jax_utils.replicate(state)
-    del state  # the replicated copy is the one that trains
-
-    writer = MetricWriter(workdir, purge_step=start_step or None)
-    eval_metrics = {}
-    if start_step >= total_steps:
-        logging.info("Training already finished (step %d of %d); evaluating only.",
-                     start_step, total_steps)
-    else:
-        progress = ProgressBar(total_steps, initial_step=start_step,
-                               images_per_step=config.batch_size)
-        profiler = StepProfiler(workdir / "profile", config.profile.start_step,
-                                config.profile.num_steps)
-        preemption = PreemptionFlag()
-        pending = []
-        try:
-            for step in range(start_step, total_steps):
-                profiler.maybe_start(step, replicated)
-                with annotate(step):
-                    batch = next(train_iter)
-                    replicated, scalars = p_train(replicated, batch,
-                                                  jax.random.fold_in(train_rng, step))
-                pending.append(scalars)
-                done = step + 1
-                profiler.maybe_stop(done, replicated)
-                if done % config.log_every_steps == 0 or done == total_steps:
-                    means = _mean_scalars(pending)
-                    pending = []
-                    if not np.isfinite(means["loss"]):
-                        raise FloatingPointError(
-                            f"the training loss is {means['loss']} at step {done}; lower "
-                            f"config.optimizer.lr ({config.optimizer.lr}) or the GLM weight "
-                            f"config.loss.glm_weight ({config.loss.glm_weight}), or start "
-                            "from pretrained weights (config.model.pretrained)")
-                    writer.write(done, means, split="train")
-                    progress.update(done, {"loss": means["loss"], "lr": means["lr"]})
-                evaluated = done % eval_every == 0 or done == total_steps
-                if evaluated:
-                    eval_metrics = evaluate(p_eval, replicated, inputs.eval_batches())
-                    writer.write(done, eval_metrics, split="eval")
-                    logging.info("Step %d eval: %s", done, _eval_line(eval_metrics, hierarchy))
-                stop = preemption.is_set()
-                if stop or done == total_steps or checkpointer.should_save(done):
-                    checkpointer.save(done, flax.jax_utils.unreplicate(replicated),
-                                      train_iter.get_state(),
-                                      metrics=eval_metrics if evaluated else None,
-                                      force=stop or done == total_steps)
-                if stop:
-                    logging.warning("SIGTERM: saved a checkpoint at step %d; exiting.", done)
-                    break
-        finally:
-            train_iter.close()
-            profiler.close()
-            progress.close()
-            preemption.close()
-            checkpointer.wait()
-
-    if not eval_metrics:
-        eval_metrics = evaluate(p_eval, replicated, inputs.eval_batches())
-        writer.write(int(replicated.step[0]), eval_metrics, split="eval")
-    writer.close()
-    checkpointer.close()
-    print(_summary(eval_metrics, hierarchy), flush=True)
-    return eval_metrics
+    batches = DevicePrefetch(inputs.train)
+    progress = ProgressBar(plan.total_steps, initial_step=start, images_per_step=s.batch_size)
+    profiler = StepProfiler(workdir / "profile", s.profile.start_step, s.profile.num_steps)
+    preemption = PreemptionFlag()
+    checker = _FiniteChecker(s, checkpointer)
+    logged, latest = [], {}
+    try:
+        for step in range(start, plan.total_steps):
+            profiler.maybe_start(step, replicated)
+            with annotate(step):
+                replicated, scalars = p_train(replicated, next(batches),
+                                              jax.random.fold_in(train_rng, step))
+            done = step + 1
+            profiler.maybe_stop(done, replicated)
+            # Waits for the previous step only: this one stays queued on the devices.
+            logged += checker.take_previous()
+            checker.queue(done, scalars)
+            stop = preemption.is_set()
+            evaluated = done % plan.eval_every == 0 or done == plan.total_steps
+            saving = stop or done == plan.total_steps or checkpointer.should_save(done)
+            if done % plan.log_every == 0 or evaluated or saving:
+                logged += checker.take_all()  # waits for this step
+            if logged and (done % plan.log_every == 0 or done == plan.total_steps or stop):
+                means = {k: float(np.mean([r[k] for _, r in logged])) for k in logged[0][1]}
+                writer.write(logged[-1][0], means, split="train")
+                progress.update(done, {"loss": means["loss"], "lr": means["lr"]})
+                logged = []
+            if evaluated:
+                latest = {**evaluate(p_eval, replicated, inputs.eval), "step": done}
+                writer.write(done, _without_step(latest), split="eval")
+                logging.info("Step %d eval: %s", done, _eval_line(latest, inputs.hierarchy))
+            if saving:
+                checkpointer.save(done, flax.jax_utils.unreplicate(replicated),
+                                  batches.get_state(),
+                                  metrics=(_without_step(latest)
+                                           if latest.get("step") == done else None),
+                                  force=stop or done == plan.total_steps)
+                checker.saved(done)
+            if stop:
+                logging.warning("SIGTERM: saved a checkpoint at step %d; exiting.", done)
+                break
+    finally:
+        profiler.close()
+        progress.close()
+        preemption.close()
+        checkpointer.wait()
+    return replicated, latest, stop
 
 
-def _summary(rates, hierarchy):
-    """Final table: one row per hierarchy level, then the tree-distance figures."""
+class _FiniteChecker:
+    """Fetches each step's scalars (one step late) and stops the run at the first step
+    whose loss, gradient norm or new parameters are not finite, before that state can be
+    saved."""
+
+    _CHECKED = ("loss", "grad_norm", "param_norm")
+
+    def __init__(self, s, checkpointer):
+        self._s, self._checkpointer = s, checkpointer
+        self._pending: list[tuple[int, dict]] = []
+        self._last_saved = checkpointer.latest_step()
+
+    def queue(self, step: int, scalars) -> None:
+        self._pending.append((step, scalars))
+
+    def take_previous(self) -> list[tuple[int, dict]]:
+        """The checked scalars of every queued step but the newest."""
+        ready, self._pending = self._pending[:-1], self._pending[-1:]
+        return self._check(ready)
+
+    def take_all(self) -> list[tuple[int, dict]]:
+        ready, self._pending = self._pending, []
+        return self._check(ready)
+
+    def saved(self, step: int) -> None:
+        self._last_saved = step
+
+    def _check(self, ready):
+        out = []
+        for step, scalars in jax.device_get(ready):
+            values = {k: float(v[0]) for k, v in scalars.items()}
+            bad = [k for k in self._CHECKED if not math.isfinite(values[k])]
+            if bad:
+                self._fail(step, bad, values)
+            out.append((step, values))
+        return out
+
+    def _fail(self, step, bad, values):
+        s = self._s
+        last = (f"the last checkpoint, step {self._last_saved}, was saved before it and is "
+                "finite" if self._last_saved is not None else "no checkpoint was saved")
+        raise FloatingPointError(
+            f"step {step}: {', '.join(f'{k} = {values[k]}' for k in bad)} is not finite; "
+            f"nothing from this step on was saved ({last}). Likely cause: a learning rate "
+            f"too high for this model (config.optimizer.lr = {s.optimizer.lr}), the GLM "
+            f"weight (config.loss.glm_weight = {s.loss.glm_weight}) on features of a "
+            f"network trained from scratch (config.model.pretrained = "
+            f"{s.model.pretrained!r}), or no gradient clipping (config.optimizer."
+            f"grad_clip_norm = {s.optimizer.grad_clip_norm}). Change one, and start again "
+            "in a new workdir or resume from the last checkpoint.")
+
+
+def _summary(rates, hierarchy, *, stopped_at=None):
+    """Final table: one row per hierarchy level, then the tree-distance figures; after a
+    SIGTERM (`stopped_at`), the latest evaluation, labelled with its step."""
+    if stopped_at is not None and not rates:
+        return f"Stopped by SIGTERM at step {stopped_at}, before any evaluation."
+    title = (f"Latest evaluation (step {rates['step']}; training stopped by SIGTERM at "
+             f"step {stopped_at})" if stopped_at is not None
+             else f"Final evaluation at step {rates['step']}")
     rows = {}
     for l, name in enumerate(hierarchy.level_names):
         row = {"top-1 via fine": rates[f"top1_from_fine/{l}"]}
@@ -197,8 +297,8 @@ def _summary(rates, hierarchy):
                 row[column] = rates[f"{key}/{l}"]
         rows[f"{name} ({hierarchy.num_classes[l]})"] = row
     table = summary_table(rows)
-    return (f"Final evaluation on {int(rates['count'])} examples:\n{table}\n"
-            f"mistake severity (mean LCA height of wrong fine predictions): "
+    return (f"{title}, on {int(rates['count'])} examples:\n"
+            f"{table}\nmistake severity (mean LCA height of wrong fine predictions): "
             f"{rates['mistake_severity']:.3f}; mean hierarchical distance: "
             f"{rates['hier_distance']:.3f}")
 

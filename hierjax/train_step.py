@@ -2,9 +2,10 @@
 
 `train_step` and `eval_step` are written for one device and run under
 `jax.pmap(..., axis_name="batch")`: gradients are pmean'd, BatchNorm statistics are
-synchronised by the model's `bn_axis_name`, the GLM loss optionally sees the
-all-gathered global batch, and evaluation sums are psum'd. Being pure per-device
-functions, they move to `shard_map` unchanged.
+synchronised by the model's `bn_axis_name` and the GLM loss optionally sees the
+all-gathered global batch. `eval_step` returns this device's metric sums; the caller
+adds them up over batches and devices. Being pure per-device functions, they move to
+`shard_map` unchanged.
 
 Batch layout (per device): `image` uint8 [b, H, W, C], `labels` int32 [b, h],
 evaluation batches also `valid` bool [b].
@@ -19,6 +20,7 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from hierjax.losses import cascaded_softmax_loss, coarse_constraint_loss, glm_loss
 from hierjax.metrics import hierarchical_metrics
@@ -46,7 +48,7 @@ class StepContext:
       schedule: learning rate as a function of the step (logged).
       ancestors: int [C_1, h] hierarchy table.
       mean, std: per-channel normalisation of uint8 images, in 0..1 units.
-      loss: the `config.loss` ConfigDict.
+      loss: `hierjax.settings.LossSettings` (weights resolved for the variant).
       axis_name: pmap axis, None for a single un-mapped device.
     """
 
@@ -112,7 +114,9 @@ def compute_loss(outputs, labels, ctx: StepContext, valid=None):
 def train_step(state: TrainState, batch, rng, ctx: StepContext):
     """One optimizer step on this device's share of the global batch.
 
-    Returns the new state and pmean'd scalars (loss, its parts, fine top-1, lr).
+    Returns the new state and pmean'd scalars: loss, its parts, fine top-1, lr, and the
+    global norms of the gradient and of the new parameters (finite exactly when every
+    gradient and parameter is, which the loop checks before it saves a state).
     """
     if ctx.axis_name is not None:
         rng = jax.random.fold_in(rng, jax.lax.axis_index(ctx.axis_name))
@@ -134,7 +138,8 @@ def train_step(state: TrainState, batch, rng, ctx: StepContext):
     params = jax.tree.map(lambda p, u: p + u, state.params, updates)
     scalars = {"loss": loss, **parts,
                "top1": jnp.mean(jnp.argmax(fine_logits, -1) == labels[:, 0]),
-               "lr": ctx.schedule(state.step)}
+               "lr": ctx.schedule(state.step), "grad_norm": optax.tree.norm(grads),
+               "param_norm": optax.tree.norm(params)}
     if ctx.axis_name is not None:
         scalars = jax.lax.pmean(scalars, ctx.axis_name)
     new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
@@ -143,12 +148,10 @@ def train_step(state: TrainState, batch, rng, ctx: StepContext):
 
 
 def eval_step(state: TrainState, batch, ctx: StepContext):
-    """Summable metrics (hierarchical_metrics) of one evaluation batch, psum'd."""
+    """Summable metrics (hierarchical_metrics) of this device's share of an evaluation
+    batch; padded rows (valid False) count nowhere."""
     images = normalize(batch["image"], ctx.mean, ctx.std)
     outputs = ctx.model.apply({"params": state.params, "batch_stats": state.batch_stats},
                               images, train=False)
-    sums = hierarchical_metrics(outputs["logits"], batch["labels"], ctx.ancestors,
+    return hierarchical_metrics(outputs["logits"], batch["labels"], ctx.ancestors,
                                 valid=batch["valid"])
-    if ctx.axis_name is not None:
-        sums = jax.lax.psum(sums, ctx.axis_name)
-    return sums

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from hierjax import hierarchies
+from hierjax.hierarchy import shipped as hierarchies
 
 
 def jpeg(rng: np.random.Generator, width: int, height: int) -> bytes:

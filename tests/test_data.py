@@ -1,25 +1,32 @@
+"""The input pipeline: the CIFAR-100 npz reader, synthetic data, the per-record
+augmentation, the grain chain (determinism, resume, workers, evaluation passes),
+process shards, device prefetch and building by settings."""
+
 import json
 from pathlib import Path
 
-import ml_collections
+import jax
 import numpy as np
 import pytest
 
+from hierjax import settings
 from hierjax.data import (
     ArraySource,
-    Prefetch,
-    TrainIterator,
-    augment_train,
-    build_datasets,
-    crop_and_flip,
-    eval_batches,
-    load_cifar100,
-    make_synthetic,
+    EvalInput,
+    TrainInput,
+    build_input,
+    build_sources,
     normalization,
     num_eval_batches,
-    shard_for_process,
+    shard,
+    take,
 )
+from hierjax.data.cifar100_npz import load_cifar100
+from hierjax.data.synthetic import make_synthetic
+from hierjax.data.transforms import EvalTransform, ImageSettings, TrainTransform, pad_crop_flip
 from hierjax.hierarchy import Hierarchy
+from hierjax.prefetch import DevicePrefetch
+import grain
 
 CIFAR100 = Path(__file__).parents[1] / ".." / "shared" / "data" / "cifar100"
 
@@ -62,9 +69,26 @@ def toy_source(n=50, num_fine=6, size=8, seed=0) -> ArraySource:
     return ArraySource(images, np.arange(n) % num_fine, hierarchy, "toy")
 
 
+def read(source, indices):
+    """dict(image [n, ...], labels [n, h]) of the records at indices."""
+    records = [source[int(i)] for i in indices]
+    return {"image": np.stack([r["image"] for r in records]),
+            "labels": np.stack([r["labels"] for r in records])}
+
+
 def ids(batch) -> np.ndarray:
     """The example index of every row of an unaugmented batch, flattened."""
     return batch["image"][..., 0, 0, 0].reshape(-1)
+
+
+class Unaugmented(grain.transforms.Map):
+    """A train transform that keeps the images as they are, to trace the order."""
+
+    def map(self, record):
+        return {"image": record["image"], "labels": record["labels"]}
+
+
+PAD_CROP = ImageSettings(size=8, resize=9, train_crop="pad_crop")
 
 
 # --- CIFAR-100 loader -------------------------------------------------------------
@@ -79,14 +103,14 @@ def test_cifar100_loads_shards_in_order_with_labels_and_hierarchy(tmp_path):
     assert train.hierarchy.level_names == ("class", "superclass")
     assert train.hierarchy.num_classes == (6, 3)
     assert train.hierarchy.class_names == (tuple(FINE_NAMES), tuple(COARSE_NAMES))
-    batch = train.read(np.arange(20))
+    batch = read(train, np.arange(20))
     images = np.concatenate([shards[f"train_{i}.npz"][0] for i in range(3)])
     fine = np.concatenate([shards[f"train_{i}.npz"][1] for i in range(3)])
     np.testing.assert_array_equal(batch["image"], images)
     assert batch["labels"].dtype == np.int32 and batch["labels"].shape == (20, 2)
     np.testing.assert_array_equal(batch["labels"][:, 0], fine)
     np.testing.assert_array_equal(batch["labels"][:, 1], np.array(FINE_TO_COARSE)[fine])
-    np.testing.assert_array_equal(test.read([4, 0])["image"], shards["test.npz"][0][[4, 0]])
+    np.testing.assert_array_equal(read(test, [4, 0])["image"], shards["test.npz"][0][[4, 0]])
 
 
 def test_cifar100_rejects_coarse_labels_that_disagree_with_meta(tmp_path):
@@ -128,6 +152,7 @@ def test_cifar100_max_examples_is_a_deterministic_take_of_every_class(tmp_path):
     full = load_cifar100(tmp_path, "train")
     fine = full.labels_Nxh[:, 0]
     small = load_cifar100(tmp_path, "train", max_examples=8)
+    assert take(full, 8).indices.tolist() == small.indices.tolist()
     assert len(small) == 8
     assert set(small.labels_Nxh[:, 0]) == set(fine)  # every class present
     # The first example of each class, then second ones in file order, order kept.
@@ -136,7 +161,7 @@ def test_cifar100_max_examples_is_a_deterministic_take_of_every_class(tmp_path):
         int(np.flatnonzero(fine == c)[1]) for c in np.unique(fine) if (fine == c).sum() > 1
     )
     keep = np.sort(firsts + seconds[: 8 - len(firsts)])
-    np.testing.assert_array_equal(small.images_NxHxWxC, full.images_NxHxWxC[keep])
+    np.testing.assert_array_equal(read(small, range(8))["image"], full.images_NxHxWxC[keep])
     np.testing.assert_array_equal(small.labels_Nxh, full.labels_Nxh[keep])
     assert len(load_cifar100(tmp_path, "train", max_examples=100)) == 20
 
@@ -151,7 +176,7 @@ def test_real_cifar100_test_split():
     labels = test.labels_Nxh
     np.testing.assert_array_equal(np.bincount(labels[:, 0], minlength=100), 100)
     np.testing.assert_array_equal(labels[:, 1], test.hierarchy.coarse_of(1)[labels[:, 0]])
-    mean, std = normalization(ml_collections.ConfigDict({"name": "cifar100"}))
+    mean, std = normalization(settings.DataSettings(name="cifar100"))
     pixels = test.images_NxHxWxC.reshape(-1, 3) / 255
     np.testing.assert_allclose(pixels.mean(0), mean, atol=0.01)
     np.testing.assert_allclose(pixels.std(0), std, atol=0.01)
@@ -160,197 +185,186 @@ def test_real_cifar100_test_split():
 # --- augmentation ------------------------------------------------------------------
 
 
-def test_crop_and_flip_matches_a_per_example_loop():
-    rng = np.random.default_rng(0)
-    images = rng.integers(0, 256, (6, 8, 10, 3), dtype=np.uint8)
-    offsets = np.array([[0, 0], [8, 8], [4, 4], [0, 8], [3, 5], [8, 1]])
-    flips = np.array([False, True, False, True, True, False])
-    out = crop_and_flip(images, offsets, flips, pad=4)
-    assert out.shape == images.shape and out.dtype == np.uint8
-    for image, (oy, ox), flip, got in zip(images, offsets, flips, out):
-        padded = np.zeros((16, 18, 3), np.uint8)
-        padded[4:12, 4:14] = image
-        crop = padded[oy : oy + 8, ox : ox + 10]
-        np.testing.assert_array_equal(got, crop[:, ::-1] if flip else crop)
-    np.testing.assert_array_equal(out[2], images[2])  # centre crop, no flip: identity
-    np.testing.assert_array_equal(out[0, :4], 0)  # the top rows come from the zero pad
-
-
-def test_augment_train_returns_crops_of_the_zero_padded_image_and_flips_half():
+def test_pad_crop_flip_gives_every_crop_of_the_zero_padded_image_and_flips_half():
     rng = np.random.default_rng(1)
-    images = rng.integers(1, 256, (400, 6, 6, 3), dtype=np.uint8)  # no zeros: pad shows
-    out = augment_train(images, np.random.default_rng(2), pad=2)
-    assert out.shape == images.shape and out.dtype == np.uint8
-    padded = np.pad(images, ((0, 0), (2, 2), (2, 2), (0, 0)))
+    image = rng.integers(1, 256, (6, 6, 3), dtype=np.uint8)  # no zeros: the pad shows
+    padded = np.pad(image, ((4, 4), (4, 4), (0, 0)))
     seen, flipped = set(), 0
-    for image, got in zip(padded, out):
-        matches = [
-            (oy, ox, flip)
-            for oy in range(5)
-            for ox in range(5)
-            for flip in (False, True)
-            if np.array_equal(got, image[oy : oy + 6, ox : ox + 6][:, :: -1 if flip else 1])
-        ]
+    for i in range(1000):
+        got = pad_crop_flip(image, np.random.default_rng([7, i]))
+        assert got.shape == image.shape and got.dtype == np.uint8 and got.flags.c_contiguous
+        matches = [(oy, ox, flip) for oy in range(9) for ox in range(9) for flip in (0, 1)
+                   if np.array_equal(got, padded[oy:oy + 6, ox:ox + 6][:, ::-1 if flip else 1])]
         assert matches, "not a (flipped) crop of the padded image"
         seen.add(matches[0][:2])
         flipped += matches[0][2]
-    assert len(seen) == 25  # every offset in 0..2 * pad occurs
-    assert 150 < flipped < 250
-    unflipped = augment_train(images, np.random.default_rng(2), pad=0, flip=False)
-    np.testing.assert_array_equal(unflipped, images)
-    again = augment_train(images, np.random.default_rng(2), pad=2)
-    np.testing.assert_array_equal(again, out)
+    assert len(seen) == 81  # every offset in 0..2 * pad occurs
+    assert 400 < flipped < 600
+    again = pad_crop_flip(image, np.random.default_rng([7, 3]))
+    np.testing.assert_array_equal(again, pad_crop_flip(image, np.random.default_rng([7, 3])))
+
+
+def test_train_transform_depends_on_the_seed_and_the_global_record_number():
+    record = toy_source(n=1)[0]
+    transform = TrainTransform(PAD_CROP, seed=3)
+    images = [transform.map({**record, "g": g})["image"] for g in range(20)]
+    assert len({image.tobytes() for image in images}) > 10
+    np.testing.assert_array_equal(transform.map({**record, "g": 5})["image"], images[5])
+    other = TrainTransform(PAD_CROP, seed=4).map({**record, "g": 5})["image"]
+    assert not all(np.array_equal(other, TrainTransform(PAD_CROP, seed=4).map(
+        {**record, "g": g})["image"]) for g in (4, 6))
 
 
 # --- training batches ---------------------------------------------------------------
 
 
-def test_train_iterator_shapes_and_one_pass_over_the_data_per_epoch():
+def train_input(source, *, batch=8, devices=2, seed=0, workers=0, transform=None):
+    return TrainInput(source, transform or Unaugmented(), batch_size=batch,
+                      num_devices=devices, seed=seed, num_workers=workers)
+
+
+def test_train_batches_shapes_and_one_pass_over_the_data_per_epoch():
     source = toy_source(n=50)
-    it = TrainIterator(source, global_batch_size=8, num_devices=2, seed=0, augment=False)
+    it = train_input(source)
     assert it.steps_per_epoch == 6  # 48 of 50 examples; the last partial batch is dropped
     batch = next(it)
     assert batch["image"].shape == (2, 4, 8, 8, 3) and batch["image"].dtype == np.uint8
     assert batch["labels"].shape == (2, 4, 2) and batch["labels"].dtype == np.int32
-    expected_labels = source.read(ids(batch))["labels"].reshape(2, 4, 2)
-    np.testing.assert_array_equal(batch["labels"], expected_labels)
+    np.testing.assert_array_equal(batch["labels"],
+                                  read(source, ids(batch))["labels"].reshape(2, 4, 2))
     for epoch in range(2):
         seen = np.concatenate([ids(batch)] + [ids(next(it)) for _ in range(5)])
         assert len(set(seen)) == 48, f"epoch {epoch} repeats an example"
         batch = next(it)
     assert it.get_state() == {"epoch": 2, "batch_in_epoch": 1}
+    it.close()
 
 
-def test_train_iterator_is_deterministic_and_seeds_differ():
+def first_batches(source, n, **kwargs):
+    it = train_input(source, **kwargs)
+    try:
+        return [next(it) for _ in range(n)]
+    finally:
+        it.close()
+
+
+def assert_same(a, b):
+    assert len(a) == len(b)
+    for x, y in zip(a, b):
+        for key in x:
+            np.testing.assert_array_equal(x[key], y[key])
+
+
+def test_train_batches_are_deterministic_and_seeds_differ():
     source = toy_source(n=40)
-
-    def first_batches(seed, augment):
-        it = TrainIterator(
-            source, global_batch_size=8, num_devices=1, seed=seed, augment=augment
-        )
-        return [next(it) for _ in range(7)]  # into the second epoch
-
-    for augment in (False, True):
-        a, b, c = first_batches(3, augment), first_batches(3, augment), first_batches(4, augment)
-        for x, y in zip(a, b):
-            for key in x:
-                np.testing.assert_array_equal(x[key], y[key])
+    augment = TrainTransform(PAD_CROP, seed=3)
+    for transform in (None, augment):
+        a = first_batches(source, 7, seed=3, transform=transform)  # into the second epoch
+        assert_same(a, first_batches(source, 7, seed=3, transform=transform))
+        c = first_batches(source, 7, seed=4, transform=transform)
         assert not np.array_equal(a[0]["image"], c[0]["image"])
     # Epochs are shuffled differently.
-    epoch_0 = np.concatenate([ids(batch) for batch in first_batches(3, False)[:5]])
-    epoch_1 = ids(first_batches(3, False)[5])
-    assert not np.array_equal(epoch_0[:8], epoch_1)
+    batches = first_batches(source, 6, seed=3)
+    assert not np.array_equal(ids(batches[0]), ids(batches[5]))
+
+
+def test_batches_do_not_depend_on_the_number_of_worker_processes():
+    source = toy_source(n=40)
+    augment = TrainTransform(PAD_CROP, seed=3)
+    in_process = first_batches(source, 7, seed=3, transform=augment)
+    assert_same(in_process, first_batches(source, 7, seed=3, transform=augment, workers=2))
 
 
 @pytest.mark.parametrize("consumed", [3, 5, 6, 12])  # mid-epoch, last batch, boundaries
-def test_train_iterator_resumes_exactly_from_its_state(consumed):
+def test_train_batches_resume_exactly_from_their_state(consumed):
     source = toy_source(n=50)
-    settings = dict(global_batch_size=8, num_devices=2, seed=7)
-    reference = TrainIterator(source, **settings)
+    transform = TrainTransform(PAD_CROP, seed=7)
+    reference = train_input(source, seed=7, transform=transform)
     for _ in range(consumed):
         next(reference)
     state = json.loads(json.dumps(reference.get_state()))  # survives a JSON checkpoint
-    resumed = TrainIterator(source, **settings)
+    resumed = train_input(source, seed=7, transform=transform)
     resumed.set_state(state)
-    for _ in range(8):  # across the next epoch boundary
-        expected, got = next(reference), next(resumed)
-        np.testing.assert_array_equal(got["image"], expected["image"])
-        np.testing.assert_array_equal(got["labels"], expected["labels"])
+    assert_same([next(reference) for _ in range(8)],  # across the next epoch boundary
+                [next(resumed) for _ in range(8)])
+    reference.close()
+    resumed.close()
 
 
-def test_train_iterator_errors_name_the_config_key():
+def test_train_input_errors_name_the_config_key():
     source = toy_source(n=20)
     with pytest.raises(ValueError, match=r"config\.batch_size=10 .*multiple .*\(4\)"):
-        TrainIterator(source, global_batch_size=10, num_devices=4, seed=0)
-    with pytest.raises(ValueError, match=r"config\.batch_size=32 is larger .*20 examples"):
-        TrainIterator(source, global_batch_size=32, num_devices=1, seed=0)
-    it = TrainIterator(source, global_batch_size=8, num_devices=1, seed=0)
+        train_input(source, batch=10, devices=4)
+    with pytest.raises(ValueError, match=r"config\.batch_size = 32 .*is larger .*20 examples"):
+        train_input(source, batch=32, devices=1)
+    it = train_input(source, devices=1)
     with pytest.raises(ValueError, match="batch_in_epoch in 0..1"):
         it.set_state({"epoch": 0, "batch_in_epoch": 2})
     with pytest.raises(ValueError, match="keys"):
         it.set_state({"step": 3})
 
 
-def test_prefetch_yields_the_same_batches_and_the_state_of_consumed_ones():
+def test_device_prefetch_yields_the_batches_and_the_state_of_consumed_ones():
     source = toy_source(n=50)
-    settings = dict(global_batch_size=8, num_devices=2, seed=1)
-    plain = TrainIterator(source, **settings)
-    prefetched = Prefetch(TrainIterator(source, **settings), buffer_size=3)
-    try:
-        for _ in range(4):
-            np.testing.assert_array_equal(next(prefetched)["image"], next(plain)["image"])
-        assert prefetched.get_state() == plain.get_state() == {"epoch": 0, "batch_in_epoch": 4}
-        prefetched.set_state({"epoch": 0, "batch_in_epoch": 1})
-        plain.set_state({"epoch": 0, "batch_in_epoch": 1})
-        for _ in range(7):
-            np.testing.assert_array_equal(next(prefetched)["image"], next(plain)["image"])
-        assert prefetched.get_state() == plain.get_state()
-    finally:
-        prefetched.close()
-
-
-class Failing:
-    """Two batches, then an error: a stand-in for a broken reader."""
-
-    def __init__(self):
-        self.step = 0
-
-    def get_state(self):
-        return {"step": self.step}
-
-    def __next__(self):
-        if self.step == 2:
-            raise OSError("disk gone")
-        self.step += 1
-        return self.step
-
-
-def test_prefetch_reraises_the_worker_error_after_the_good_batches():
-    prefetched = Prefetch(Failing())
-    assert [next(prefetched), next(prefetched)] == [1, 2]
-    with pytest.raises(OSError, match="disk gone"):
-        next(prefetched)
-    assert prefetched.get_state() == {"step": 2}
+    devices = jax.local_devices()[:2]
+    plain = train_input(source, seed=1)
+    prefetched = DevicePrefetch(train_input(source, seed=1), devices=devices, size=3)
+    for _ in range(4):
+        batch = next(prefetched)
+        assert [shard.device for shard in batch["image"].addressable_shards] == devices
+        np.testing.assert_array_equal(np.asarray(batch["image"]), next(plain)["image"])
+    assert prefetched.get_state() == plain.get_state() == {"epoch": 0, "batch_in_epoch": 4}
+    plain.close()
 
 
 # --- evaluation batches --------------------------------------------------------------
 
 
-def test_eval_batches_cover_every_example_once_in_order_with_padding_masked():
+def eval_input(source, *, batch=8, devices=2, workers=0):
+    return EvalInput(source, EvalTransform(PAD_CROP), batch_size=batch, num_devices=devices,
+                     num_workers=workers)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_eval_batches_cover_every_example_once_in_order_with_padding_masked(workers):
     source = toy_source(n=21)
-    batches = list(eval_batches(source, global_batch_size=8, num_devices=2))
-    assert len(batches) == num_eval_batches(21, 8) == 3
-    for batch in batches:
-        assert batch["image"].shape == (2, 4, 8, 8, 3)
-        assert batch["labels"].shape == (2, 4, 2)
-        assert batch["valid"].shape == (2, 4) and batch["valid"].dtype == bool
-    valid = np.concatenate([b["valid"].reshape(-1) for b in batches])
-    np.testing.assert_array_equal(valid, np.arange(24) < 21)
-    rows = np.concatenate([ids(b) for b in batches])[valid]
-    np.testing.assert_array_equal(rows, np.arange(21))
-    labels = np.concatenate([b["labels"].reshape(-1, 2) for b in batches])[valid]
-    np.testing.assert_array_equal(labels, source.labels_Nxh)
+    inputs = eval_input(source, workers=workers)
+    assert inputs.num_batches == num_eval_batches(21, 8) == 3
+    for _ in range(3):  # every pass the same; workers are started once
+        batches = list(inputs.batches())
+        assert len(batches) == 3
+        for batch in batches:
+            assert batch["image"].shape == (2, 4, 8, 8, 3)
+            assert batch["labels"].shape == (2, 4, 2)
+            assert batch["valid"].shape == (2, 4) and batch["valid"].dtype == bool
+        valid = np.concatenate([b["valid"].reshape(-1) for b in batches])
+        np.testing.assert_array_equal(valid, np.arange(24) < 21)
+        rows = np.concatenate([ids(b) for b in batches])[valid]
+        np.testing.assert_array_equal(rows, np.arange(21))
+        labels = np.concatenate([b["labels"].reshape(-1, 2) for b in batches])[valid]
+        np.testing.assert_array_equal(labels, source.labels_Nxh)
+    # A pass abandoned half-way: the next one still starts at the first example.
+    next(inputs.batches())
+    assert ids(next(inputs.batches()))[0] == 0
+    inputs.close()
     # A batch larger than the data set is one padded batch.
-    (single,) = eval_batches(source, global_batch_size=32, num_devices=4)
+    (single,) = eval_input(source, batch=32, devices=4).batches()
     assert single["valid"].sum() == 21
     with pytest.raises(ValueError, match=r"config\.batch_size=6"):
-        eval_batches(source, global_batch_size=6, num_devices=4)
+        eval_input(source, batch=6, devices=4)
 
 
 def test_process_shards_partition_the_examples_for_evaluation():
     source = toy_source(n=23)
-    assert shard_for_process(source, 0, 1) is source
-    shards = [shard_for_process(source, p, 3) for p in range(3)]
-    assert [len(shard) for shard in shards] == [7, 8, 8]
+    assert shard(source, 0, 1) is source
+    shards = [shard(source, p, 3) for p in range(3)]
+    assert [len(s) for s in shards] == [7, 8, 8]
     assert shards[1].hierarchy == source.hierarchy and shards[1].image_shape == (8, 8, 3)
-    rows = [
-        ids(batch)[batch["valid"].reshape(-1)]
-        for shard in shards
-        for batch in eval_batches(shard, global_batch_size=4, num_devices=2)
-    ]
+    rows = [ids(batch)[batch["valid"].reshape(-1)]
+            for s in shards for batch in eval_input(s, batch=4).batches()]
     np.testing.assert_array_equal(np.concatenate(rows), np.arange(23))
     with pytest.raises(IndexError, match=r"toy\[7:15\]"):
-        shards[1].read([8])
+        shards[1][8]
 
 
 # --- synthetic data --------------------------------------------------------------------
@@ -382,7 +396,7 @@ def test_synthetic_is_deterministic_hierarchical_and_learnable():
     coarse = nearest_class_mean_accuracy(train, test, 1)
     assert fine > 0.4, f"fine accuracy {fine} (chance 0.05)"
     assert coarse > 0.8 and coarse > fine, f"coarse accuracy {coarse} (chance 0.2)"
-    mean, std = normalization(ml_collections.ConfigDict({"name": "synthetic"}))
+    mean, std = normalization(settings.DataSettings(name="synthetic"))
     pixels = train.images_NxHxWxC.reshape(-1, 3) / 255
     np.testing.assert_allclose(pixels.mean(0), mean, atol=0.03)
     np.testing.assert_allclose(pixels.std(0), std, atol=0.03)
@@ -396,41 +410,39 @@ def test_synthetic_sizes_and_uneven_groups():
         make_synthetic(4, 8)
 
 
-# --- building by config ------------------------------------------------------------------
+# --- building by settings ----------------------------------------------------------
 
 
-def data_config(**overrides) -> ml_collections.ConfigDict:
-    config = dict(
-        name="synthetic",
-        data_dir="",
-        max_train_examples=0,
-        max_eval_examples=0,
-        synthetic_num_fine=6,
-        synthetic_num_coarse=2,
-        synthetic_train_size=60,
-        synthetic_test_size=30,
-        image_size=16,
-    )
-    return ml_collections.ConfigDict(config | overrides)
+def data_settings(**overrides) -> settings.Settings:
+    values = {"data.synthetic_num_fine": 6, "data.synthetic_num_coarse": 2,
+              "data.synthetic_train_size": 60, "data.synthetic_test_size": 30,
+              "data.image_size": 16, "batch_size": 8, **overrides}
+    return settings.resolve(settings.set_keys(settings.base_config(), values))
 
 
-def test_build_datasets_by_name(tmp_path):
-    train, test = build_datasets(data_config(max_eval_examples=12))
+def test_build_sources_and_input_by_name(tmp_path):
+    train, test = build_sources(data_settings(**{"data.max_eval_examples": 12}).data)
     assert (len(train), len(test)) == (60, 12) and train.image_shape == (16, 16, 3)
     assert set(test.labels_Nxh[:, 0]) == set(range(6))
     write_cifar(tmp_path)
-    cifar = data_config(
-        name="cifar100", data_dir=str(tmp_path), image_size=8, max_train_examples=9
-    )
-    train, test = build_datasets(cifar)
+    cifar = data_settings(**{"data.name": "cifar100", "data.data_dir": str(tmp_path),
+                             "data.image_size": 32, "data.max_train_examples": 9})
+    train, test = build_sources(cifar.data)
     assert (len(train), len(test)) == (9, 5) and train.hierarchy.num_classes == (6, 3)
-    assert train.image_shape == (32, 32, 3)  # image_size is a synthetic-only key
-    with pytest.raises(ValueError, match=r"config\.data\.name = 'cub' is not an in-memory"):
-        build_datasets(data_config(name="cub"))
-    with pytest.raises(ValueError, match=r"config\.data\.name='imagenet'.*'synthetic'.*'cub'"):
-        normalization(data_config(name="imagenet"))
-    with pytest.raises(ValueError, match=r"config\.data\.max_train_examples=-1"):
-        build_datasets(data_config(max_train_examples=-1))
-    mean, std = normalization(data_config(name="cifar100"))
+    inputs = build_input(cifar, num_devices=2)
+    assert inputs.image_shape == (32, 32, 3) and inputs.train.steps_per_epoch == 1
+    assert next(inputs.train)["image"].shape == (2, 4, 32, 32, 3)
+    inputs.close()
+    wrong_size = data_settings(**{"data.name": "cifar100", "data.data_dir": str(tmp_path),
+                                  "data.image_size": 24})
+    with pytest.raises(settings.ConfigError, match=r"config\.data\.image_size = 24 but "
+                                                   r"cifar100/train holds 32 x 32"):
+        build_input(wrong_size, num_devices=1)
+    wrong_crop = data_settings(**{"data.train_crop": "resize_random"})
+    with pytest.raises(settings.ConfigError, match="held in memory as arrays; use 'pad_crop'"):
+        build_input(wrong_crop, num_devices=1)
+    with pytest.raises(settings.ConfigError, match=r"config\.data\.data_dir is empty"):
+        build_sources(data_settings(**{"data.name": "cub"}).data)
+    mean, std = normalization(cifar.data)
     np.testing.assert_allclose(mean, [0.507075, 0.486549, 0.440918], rtol=1e-6)
     np.testing.assert_allclose(std, [0.267334, 0.256438, 0.276150], rtol=1e-6)

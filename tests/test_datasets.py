@@ -1,7 +1,7 @@
 """The TF-free tfds builders, end to end on tiny archives in the official layouts.
 
 Each dataset's archive(s) are written by `official_archives`, prepared through the
-`python -m hierjax.prepare` entry point and read back with `hierjax.datasets.builder`;
+`python -m hierjax.prepare` entry point and read back with `hierjax.prepare.builder`;
 every stored example is compared with what was written (bytes, labels, boxes).
 """
 
@@ -19,8 +19,9 @@ import pytest
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from hierjax import datasets, hierarchies, prepare
-from hierjax.datasets import common, nabirds
+from hierjax import prepare, settings
+from hierjax.hierarchy import shipped as hierarchies
+from hierjax.prepare import common, nabirds
 from hierjax.hierarchy import Hierarchy
 
 WRITERS = {
@@ -105,7 +106,7 @@ def assert_same_hierarchy(found: Hierarchy, expected: Hierarchy):
 @pytest.mark.parametrize("name", NAMES)
 def test_prepared_examples_match_the_archive(name, prepared):
     data_dir, manual, expected = prepared(name)
-    builder = datasets.builder(name, str(data_dir))
+    builder = prepare.builder(name, str(data_dir))
     trees = shipped_hierarchies(name)
     fine_names = next(iter(trees.values())).class_names[0]
     assert builder.info.features["label"].names == list(fine_names)
@@ -132,7 +133,7 @@ def test_prepared_examples_match_the_archive(name, prepared):
 @pytest.mark.parametrize("name", NAMES)
 def test_metadata_rebuilds_the_hierarchies(name, prepared):
     data_dir, _, _ = prepared(name)
-    builder = datasets.builder(name, str(data_dir))
+    builder = prepare.builder(name, str(data_dir))
     found = common.hierarchies_from_metadata(builder.info.metadata, str(data_dir))
     expected = shipped_hierarchies(name)
     assert list(found) == list(expected)
@@ -143,15 +144,15 @@ def test_metadata_rebuilds_the_hierarchies(name, prepared):
 def test_list_names_every_dataset_and_archive(capsys):
     assert prepare.main(["--list"]) == 0
     out = capsys.readouterr().out
-    for name in datasets.BUILDERS:
+    for name in prepare.BUILDERS:
         assert f"{name}:" in out
-        for archive in datasets.builder_class(name).ARCHIVES:
+        for archive in prepare.builder_class(name).ARCHIVES:
             assert archive in out
 
 
 def test_mock_data_gives_the_example_shapes_without_tensorflow(tmp_path):
     with tfds.testing.mock_data(num_examples=2, policy=tfds.testing.MockPolicy.USE_CODE):
-        source = datasets.builder_class("aircraft")(data_dir=tmp_path).as_data_source("val")
+        source = prepare.builder_class("aircraft")(data_dir=tmp_path).as_data_source("val")
         assert len(source) == 2
         ex = source[0]
     assert ex["image"].ndim == 3 and ex["image"].shape[-1] == 3
@@ -166,7 +167,7 @@ def failed_prepare(name, manual, data, capsys) -> str:
     """stderr of a preparation that must fail, after checking nothing was left prepared."""
     assert run_prepare(name, manual, data) == 1
     with pytest.raises(FileNotFoundError, match="not prepared"):
-        datasets.builder(name, str(data))
+        prepare.builder(name, str(data))
     return capsys.readouterr().err
 
 
@@ -186,7 +187,7 @@ TABLE = {"aircraft": ("fgvc-aircraft-2013b.tar.gz", "fgvc-aircraft-2013b/data/im
 @pytest.mark.parametrize("name", NAMES)
 def test_missing_archive_is_named(name, tmp_path, capsys):
     manual, _ = write(name, tmp_path)
-    for archive in datasets.builder_class(name).ARCHIVES:  # each one, in turn
+    for archive in prepare.builder_class(name).ARCHIVES:  # each one, in turn
         shutil.move(manual / archive, tmp_path / archive)
         err = failed_prepare(name, manual, tmp_path / "data", capsys)
         assert archive in err and "official archive" in err and "--manual_dir" in err
@@ -261,7 +262,7 @@ def test_nabirds_reads_a_prepared_dataset_without_the_archive(tmp_path):
     data = tmp_path / "data"
     assert run_prepare("nabirds", manual, data) == 0
     shutil.rmtree(manual)
-    builder = datasets.builder("nabirds", str(data))  # a fresh builder: metadata only
+    builder = prepare.builder("nabirds", str(data))  # a fresh builder: metadata only
     assert_same_hierarchy(builder.hierarchies()["class_parent_group"], NABIRDS_TREE)
     assert builder.info.features["label"].names == list(NABIRDS_TREE.class_names[0])
     assert builder.info.features["labels"]["class_parent_group"].shape == (3,)
@@ -273,9 +274,9 @@ def test_nabirds_reads_a_prepared_dataset_without_the_archive(tmp_path):
 
 def test_nabirds_unprepared_builder_says_so(tmp_path):
     with pytest.raises(FileNotFoundError, match="python -m hierjax.prepare nabirds"):
-        datasets.builder("nabirds", str(tmp_path))
+        prepare.builder("nabirds", str(tmp_path))
     with pytest.raises(RuntimeError, match="not prepared"):
-        datasets.builder_class("nabirds")(data_dir=tmp_path).hierarchies()
+        prepare.builder_class("nabirds")(data_dir=tmp_path).hierarchies()
 
 
 def test_nabirds_tree_names_nodes_that_share_a_name_by_id():
@@ -322,16 +323,16 @@ def test_each_finetuning_config_reads_its_prepared_dataset(name, prepared):
 
     data_dir, _, expected = prepared(name)
     config = load_config(f"configs/{name}_resnet50.py", "runlocal")
-    config.data.data_dir, config.batch_size, config.data.num_workers = str(data_dir), 2, 0
-    config.data.eval_split = "test"
-    inputs = data.build_input(config, num_devices=2)
-    assert inputs.num_eval == len(expected["test"])
+    settings.set_keys(config, {"data.data_dir": str(data_dir), "batch_size": 2,
+                               "data.num_workers": 0, "data.eval_split": "test"})
+    inputs = data.build_input(settings.resolve(config), num_devices=2)
+    assert len(inputs.eval) == len(expected["test"])
     assert inputs.hierarchy == next(iter(shipped_hierarchies(name).values()))
     batch = next(inputs.train)
-    inputs.train.close()
     assert batch["image"].shape == (2, 1, 64, 64, 3)
     assert batch["labels"].shape == (2, 1, inputs.hierarchy.num_levels)
-    valid = sum(int(b["valid"].sum()) for b in inputs.eval_batches())
+    valid = sum(int(b["valid"].sum()) for b in inputs.eval.batches())
+    inputs.close()
     assert valid == len(expected["test"])
 
 
@@ -340,10 +341,16 @@ def test_cifar100_config_reads_a_prepared_tarball(prepared):
 
     data_dir, manual, expected = prepared("cifar100")
     config = load_config("configs/cifar100_resnet18.py", "runlocal")
-    config.data.data_dir = str(data_dir)
-    train, test = data.build_datasets(config.data)
+    settings.set_keys(config, {"data.data_dir": str(data_dir), "batch_size": 2})
+    s = settings.resolve(config)
+    train, test = data.build_sources(s.data)
     assert (len(train), len(test)) == (len(expected["train"]), len(expected["test"]))
-    assert train.image_shape == (32, 32, 3)
     assert sorted(train.labels_Nxh[:, 0]) == sorted(label for _, label, _, _ in expected["train"])
-    np.testing.assert_array_equal(np.sort(test.images_NxHxWxC.reshape(len(test), -1), 0),
+    inputs = data.build_input(s, num_devices=2)
+    assert inputs.image_shape == (32, 32, 3)
+    batches = list(inputs.eval.batches())
+    inputs.close()
+    pixels = np.concatenate([b["image"].reshape(-1, 32 * 32 * 3) for b in batches])
+    pixels = pixels[np.concatenate([b["valid"].reshape(-1) for b in batches])]
+    np.testing.assert_array_equal(np.sort(pixels, 0),
                                   np.sort(cifar_pixels(manual, "test").reshape(len(test), -1), 0))

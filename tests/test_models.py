@@ -5,12 +5,11 @@ parameter shapes for free, and the forward tests fill those shapes with numpy ra
 numbers (`_fake_variables`), which avoids compiling every initialiser.
 """
 
-import types
+import dataclasses
 from functools import partial
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 from flax import linen as nn
@@ -18,7 +17,6 @@ from flax import linen as nn
 from hierjax.models import (
     BACKBONE_PARAMS,
     HEADS_PARAMS,
-    MODEL_NAMES,
     VGG,
     BilinearPool,
     CascadedHeads,
@@ -28,6 +26,7 @@ from hierjax.models import (
     build_model,
 )
 from hierjax.models.layers import Backbone
+from hierjax.settings import MODELS, ModelSettings
 from hierjax.models.resnet import BasicBlock, BottleneckBlock
 
 # ------------------------------------------------------------------------------ helpers
@@ -75,23 +74,10 @@ def _images(shape, seed=0):
 
 
 def _config(**overrides):
-    config = ml_collections.ConfigDict(
-        dict(
-            name="resnet18",
-            small_input=True,
-            wrn_depth=10,
-            wrn_width=1,
-            dropout=0.0,
-            vgg_batchnorm=False,
-            bilinear=False,
-            bilinear_dim=0,
-            heads="cascade",
-            skip=True,
-            dtype="float32",
-        )
-    )
-    config.update(overrides)
-    return config
+    """ModelSettings of a small model (validated by hierjax.settings, not here)."""
+    defaults = dict(name="resnet18", small_input=True, wrn_depth=10, wrn_width=1,
+                    vgg_batchnorm=False, dtype="float32")
+    return dataclasses.replace(ModelSettings(), **(defaults | overrides))
 
 
 # --------------------------------------------------------------------- backbone shapes
@@ -291,7 +277,7 @@ def test_bilinear_pool_gradient_is_finite_on_a_zero_map():
 
 
 def test_bilinear_classifier_from_config():
-    model = build_model(_config(bilinear=True, bilinear_dim=8), (7, 3))
+    model = build_model(_config(bilinear=True, bilinear_dim=8), (7, 3), skip=True)
     x = jnp.zeros((2, 32, 32, 3))
     heads = _shapes(model, x)["params"][HEADS_PARAMS]
     assert heads["bilinear"]["reduce_conv"]["kernel"].shape == (1, 1, 512, 8)
@@ -373,9 +359,9 @@ def test_eval_mode_uses_running_averages():
 # ----------------------------------------------------------------------------- factory
 
 
-@pytest.mark.parametrize("name", MODEL_NAMES)
+@pytest.mark.parametrize("name", MODELS)
 def test_factory_builds_every_model(name):
-    model = build_model(_config(name=name), (10, 4, 2))
+    model = build_model(_config(name=name), (10, 4, 2), skip=True)
     variables = _shapes(model, jnp.zeros((2, 32, 32, 3)))
     assert set(variables["params"]) == {BACKBONE_PARAMS, HEADS_PARAMS}
     heads = variables["params"][HEADS_PARAMS]
@@ -388,39 +374,20 @@ def test_factory_builds_every_model(name):
 
 
 def test_factory_flat_heads_use_the_fine_level_only():
-    model = build_model(_config(heads="flat"), (10, 4, 2))
+    model = build_model(_config(), (10, 4, 2), cascade=False)
     x = jnp.zeros((2, 32, 32, 3))
     outputs = _eval_shape_apply(model, x, train=False)
     assert [z.shape for z in outputs["logits"]] == [(2, 10)]
     assert outputs["features"].shape == (2, 512)
 
 
-@pytest.mark.parametrize(
-    "overrides, message",
-    [
-        (dict(name="resnet152"), r"config\.model\.name must be one of \['resnet18'.*'vgg19'\]"),
-        (dict(heads="tree"), r"config\.model\.heads must be one of \['flat', 'cascade'\]"),
-        (dict(dtype="float16"), r"config\.model\.dtype must be one of \['float32', 'bfloat16'\]"),
-        (dict(name="wrn", wrn_depth=20), r"config\.model\.wrn_depth: .*6n \+ 4"),
-        (dict(name="wrn", wrn_width=0), r"config\.model\.wrn_width must be an int >= 1"),
-        (dict(name="wrn", dropout=1.0), r"config\.model\.dropout must be in \[0, 1\)"),
-        (dict(dropout=0.3), r"config\.model\.dropout applies to name='wrn' only"),
-        (dict(bilinear=True, bilinear_dim=-1), r"config\.model\.bilinear_dim must be an int >= 0"),
-        (dict(skip=1), r"config\.model\.skip must be bool"),
-        (dict(small_input="yes"), r"config\.model\.small_input must be bool"),
-    ],
-)
-def test_factory_errors_name_the_config_key(overrides, message):
-    # A plain attribute object: a ConfigDict would itself refuse the mistyped values.
-    config = types.SimpleNamespace(**(_config().to_dict() | overrides))
-    with pytest.raises(ValueError, match=message):
-        build_model(config, (10, 4))
+def test_factory_skip_feeds_the_features_to_the_coarser_heads():
+    x = jnp.zeros((2, 32, 32, 3))
+    for skip, width in ((True, 10 + 512), (False, 10)):
+        model = build_model(_config(), (10, 4), cascade=True, skip=skip)
+        assert _shapes(model, x)["params"][HEADS_PARAMS]["level1"]["kernel"].shape == (width, 4)
 
 
-def test_factory_reports_missing_keys_and_bad_classes():
-    config = _config()
-    del config["heads"]
-    with pytest.raises(ValueError, match=r"config\.model\.heads is missing"):
-        build_model(config, (10,))
+def test_factory_rejects_bad_classes():
     with pytest.raises(ValueError, match="classes_per_level"):
         build_model(_config(), ())

@@ -8,6 +8,7 @@ Tests that need torch skip without it; the Flax variables come from `jax.eval_sh
 plus numpy, so nothing but the forward passes is compiled.
 """
 
+import dataclasses
 import functools
 import logging
 import sys
@@ -21,7 +22,7 @@ import pytest
 import safetensors.numpy
 from flax import traverse_util
 
-from hierjax import config_lib
+from hierjax.settings import ModelSettings
 from hierjax.models import BACKBONE_PARAMS, HEADS_PARAMS, build_model
 from hierjax.models.pretrained import backbone_from_torch, load_pretrained, read_state_dict
 from hierjax.train_step import StepContext, init_state
@@ -168,10 +169,9 @@ def _save(model, path):
 
 
 def _model_config(name, *, pretrained="", batchnorm=True, small_input=False):
-    config = config_lib.base_config().model
-    config.update(dict(name=name, pretrained=str(pretrained), vgg_batchnorm=batchnorm,
-                       small_input=small_input, dtype="float32"))
-    return config
+    return dataclasses.replace(ModelSettings(), name=name, pretrained=str(pretrained),
+                               vgg_batchnorm=batchnorm, small_input=small_input,
+                               dtype="float32")
 
 
 def _variables(model, image_size, seed=0):
@@ -326,7 +326,7 @@ def test_unknown_suffix(tmp_path):
 
 def _load_error(tmp_path, file_model, config):
     path = _save(file_model, tmp_path / "weights.safetensors")
-    config.pretrained = str(path)
+    config = dataclasses.replace(config, pretrained=str(path))
     variables = _variables(build_model(config, (10,)), 32)
     with pytest.raises(ValueError) as info:
         load_pretrained(variables, config)
@@ -361,8 +361,8 @@ def test_imagenet_stem_into_cifar_stem(tmp_path):
 def test_wrn_has_no_pretrained_weights(tmp_path):
     path = tmp_path / "w.safetensors"
     safetensors.numpy.save_file({"conv1.weight": np.zeros((1,), np.float32)}, path)
-    config = _model_config("wrn", pretrained=path)
-    config.update(dict(wrn_depth=10, wrn_width=1))
+    config = dataclasses.replace(_model_config("wrn", pretrained=path), wrn_depth=10,
+                                 wrn_width=1)
     variables = _variables(build_model(config, (10,)), 8)
     with pytest.raises(ValueError, match=r"name='wrn'.*config\.model\.pretrained=''"):
         load_pretrained(variables, config)

@@ -5,8 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from hierjax import hierarchies
-from hierjax.data.cifar100 import DEFAULT_DATA_DIR
+from hierjax.hierarchy import shipped as hierarchies
+from hierjax.data.cifar100_npz import DEFAULT_DATA_DIR
 
 EXPECTED = {
     "cub/species_family_order": (200, 38, 13),

@@ -5,9 +5,9 @@ import json
 import numpy as np
 import pytest
 
-from hierjax import config_lib, train
+from hierjax import settings, train
 from hierjax.benchmarks import variants
-from test_train import tiny_config
+from helpers import tiny_settings
 
 
 def test_study_runs_cover_the_issue():
@@ -15,22 +15,24 @@ def test_study_runs_cover_the_issue():
     assert names == ["SM", "SM-GLM", "CSM", "CSM-GLM", "SC-CSM", "OURS", "CC b=1", "CC b=2",
                      "OURS+CC", "OURS+PQK"]
     lambdas = variants.study_runs("lambda", "SC-CSM")
-    assert [o["loss.glm_lambda"] for _, _, o in lambdas] == pytest.approx(
+    assert [o["loss.glm_weight"] for _, _, o in lambdas] == pytest.approx(
         [0.2, 0.4, 0.6, 0.8, 1.0, 1.2, 1.4])
     assert {v for _, v, _ in lambdas} == {"SC-CSM"}
     assert [o["loss.glm_k"] for _, _, o in variants.study_runs("k", "OURS")] == [1, 3, 5, 10]
 
 
-def test_run_config_applies_overrides_then_variant():
-    base = config_lib.base_config()
-    config = variants.run_config(base, "CC", {"loss.coarse_b": 2.0}, seed=4)
-    assert (config.seed, config.loss.coarse_weight, config.model.heads) == (4, 2.0, "flat")
-    config = variants.run_config(base, "OURS", {"loss.glm_lambda": 1.2}, seed=0)
-    assert config.loss.glm_weight == 1.2 and base.loss.glm_weight == 0.8  # base untouched
+def test_run_config_applies_the_variant_and_overrides():
+    base = settings.base_config()
+    config = variants.run_config(base, "CC", {"loss.coarse_weight": 2.0}, seed=4)
+    assert (config.seed, config.loss.coarse_weight, config.loss.glm_weight) == (4, 2.0, 0.0)
+    assert not config.parsed_variant.cascade
+    config = variants.run_config(base, "OURS", {"loss.glm_weight": 1.2}, seed=0)
+    assert config.loss.glm_weight == 1.2 and base.loss.glm_weight is None  # base untouched
+    assert variants.run_config(base, "SM", {}, seed=0).loss.glm_weight == 0.0
 
 
 def test_train_run_is_cached(tmp_path, monkeypatch):
-    config = tiny_config(num_steps=2)
+    config = tiny_settings(num_steps=2)
     first = variants.train_run(config, tmp_path)
     assert first["metrics"]["count"] == 37 and first["seconds"] > 0
     assert [epoch for epoch, _ in first["curve"]] == [2 / 16]  # one eval, at step 2 of 16
@@ -60,9 +62,9 @@ def test_table_gives_mean_std_and_paired_gain(tmp_path):
 
 
 def test_sibling_fraction_rises_with_the_hierarchical_sampler():
-    config = tiny_config()
-    config.data.synthetic_num_fine, config.data.synthetic_num_coarse = 8, 4
-    shuffled = variants.sibling_fraction(config)
-    config.data.sampler, config.data.sampler_pqk = "hierarchical", (4, 2, 2)
-    assert variants.sibling_fraction(config) == 1.0 > shuffled
+    classes = {"data.synthetic_num_fine": 8, "data.synthetic_num_coarse": 4}
+    shuffled = variants.sibling_fraction(tiny_settings(**classes))
+    pqk = tiny_settings(**classes, **{"data.sampler": "hierarchical",
+                                      "data.sampler_pqk": (4, 2, 2)})
+    assert variants.sibling_fraction(pqk) == 1.0 > shuffled
     assert np.isfinite(shuffled)

@@ -1,76 +1,75 @@
-"""Input-pipeline throughput (images/s) of the grain pipeline at 448 px, per worker count.
+"""Input-pipeline throughput (images/s) at 448 px, per worker count, through the real
+pipeline (`hierjax.data.build_input`) on photo-like JPEGs.
 
     python -m hierjax.benchmarks.pipeline                 # the table, into BENCHMARKS.md
     python -m hierjax.benchmarks.pipeline --quick         # small, printed only
     python -m hierjax.benchmarks.pipeline --workers=0,4,8,16 --images=2000
 
-Prepares a CUB-format dataset (`hierjax.prepare cub`) from an archive in the official
-layout whose JPEGs have CUB's typical size (500 x 375, quality 90; random smooth
-content, as no real photos are available offline), then times
-`GrainTrainIterator` batches of 32 (resize 512, random crop 448, flip) and the
-evaluation pass (resize 512, centre crop 448) for each worker count after a warm-up
-batch, reading from the prepared array_record files. Images per second per worker is
-the total divided by max(1, workers).
+Writes an image folder (`data.name = "image_folder"`: ROOT/<split>/<class>/*.jpg and a
+hierarchy CSV) of photo-like 500 x 375 JPEGs (`hierjax.benchmarks.photos`, about 105 KB
+each) over 20 classes, then for each worker count times the training batches (resize
+512, random 448 crop, flip, batches of 32) after the workers' start-up and a warm-up
+batch, and one evaluation pass (resize 512, centre crop 448) after a first pass that
+starts the evaluation workers. Images per second per worker is the total divided by
+max(1, workers); 0 workers means threads of the main process.
 """
 
 from __future__ import annotations
 
 import argparse
-import io
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
 from hierjax.benchmarks import common
 
 BATCH = 32
+CLASSES = 20
 
 
-def write_archive(directory: Path, num_images: int, width: int, height: int) -> None:
-    """CUB_200_2011.tgz with num_images photo-sized JPEGs over 20 classes."""
-    from PIL import Image
+def write_image_folder(root: Path, num_train: int, num_eval: int) -> Path:
+    """ROOT/{train,test}/c<k>/photo_*.jpg over CLASSES classes in 4 groups; returns the
+    hierarchy CSV."""
+    from hierjax.benchmarks import photos
+    from hierjax.hierarchy import Hierarchy
 
-    sys.path.insert(0, str(common.REPO_ROOT / "tests"))
-    import official_archives  # the test helper that knows the official layout
-
-    rng = np.random.default_rng(0)
-    base = rng.integers(0, 256, (height // 8, width // 8, 3), dtype=np.uint8)
-    buffer = io.BytesIO()
-    Image.fromarray(base).resize((width, height), Image.BICUBIC).save(buffer, "JPEG",
-                                                                      quality=90)
-    photo = buffer.getvalue()
-    official_archives.write_cub(directory, classes=tuple(range(0, 200, 10)),
-                                per_class=-(-2 * num_images // 20), seed=0,
-                                image=lambda *_: photo)
+    for split, count, seed in (("train", num_train, 0), ("test", num_eval, 1)):
+        for c in range(CLASSES):
+            photos.write_photos(root / split / f"c{c:02d}", -(-count // CLASSES),
+                                seed=seed * 1000 + c)
+    hierarchy = Hierarchy.from_parents([f"c{c:02d}" for c in range(CLASSES)],
+                                       [c % 4 for c in range(CLASSES)],
+                                       [f"g{g}" for g in range(4)], level_names=("fine", "group"))
+    csv = root / "tree.csv"
+    hierarchy.to_csv(csv)
+    return csv
 
 
-def measure(tfds_dir: str, workers: int, num_images: int) -> tuple[float, float]:
-    """(train, eval) images per second with `workers` grain processes."""
-    from hierjax.data import files
+def measure(root: Path, csv: Path, workers: int, num_images: int) -> tuple[float, float]:
+    """(train, eval) images per second with `workers` worker processes."""
+    from hierjax import data, settings
 
-    settings = files.ImageSettings(size=448, resize=512)
-    train = files.TfdsSource("cub", tfds_dir, "train")
-    iterator = files.GrainTrainIterator(train, settings, global_batch_size=BATCH,
-                                        num_devices=1, seed=0, num_workers=workers)
-    next(iterator)
-    start = time.perf_counter()
-    for _ in range(num_images // BATCH):
-        next(iterator)
-    train_rate = BATCH * (num_images // BATCH) / (time.perf_counter() - start)
-    iterator.close()
-
-    test = files.TfdsSource("cub", tfds_dir, "test")
-    batches = files.grain_eval_batches(test, settings, global_batch_size=BATCH, num_devices=1,
-                                       num_workers=workers)
-    next(batches)
-    start, seen = time.perf_counter(), 0
-    for batch in batches:
-        seen += batch["image"].shape[1]
-    eval_rate = seen / (time.perf_counter() - start)
+    s = settings.resolve(settings.set_keys(settings.base_config(), {
+        "data.name": "image_folder", "data.data_dir": str(root), "data.hierarchy": str(csv),
+        "data.image_size": 448, "data.train_crop": "resize_random",
+        "data.num_workers": workers, "batch_size": BATCH}))
+    inputs = data.build_input(s, num_devices=1)
+    try:
+        for _ in range(max(1, workers) + 1):  # start-up and the read-ahead
+            next(inputs.train)
+        steps = num_images // BATCH
+        start = time.perf_counter()
+        for _ in range(steps):
+            next(inputs.train)
+        train_rate = BATCH * steps / (time.perf_counter() - start)
+        for _ in inputs.eval.batches():  # starts the evaluation workers
+            pass
+        start = time.perf_counter()
+        seen = sum(int(b["valid"].sum()) for b in inputs.eval.batches())
+        eval_rate = seen / (time.perf_counter() - start)
+    finally:
+        inputs.close()
     return train_rate, eval_rate
 
 
@@ -78,33 +77,33 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--workers", default="")
-    parser.add_argument("--images", type=int, default=0)
+    parser.add_argument("--images", type=int, default=0, help="timed training images")
     args = parser.parse_args(argv)
     cores = os.cpu_count() or 1
     default_workers = [0, 1, 2] if cores <= 2 else [0, 1, 2, 4, 8, cores]
     workers = ([int(w) for w in args.workers.split(",")] if args.workers
                else [0, 1] if args.quick else default_workers)
     num_images = args.images or (64 if args.quick else 512)
+    rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        write_archive(Path(tmp), num_images + 2 * BATCH, 500, 375)
-        from hierjax import prepare
-
-        prepare.main(["cub", f"--manual_dir={tmp}", f"--data_dir={tmp}/tfds"])
-        rows = []
+        root = Path(tmp)
+        csv = write_image_folder(root, num_train=160 if args.quick else 640,
+                                 num_eval=40 if args.quick else 320)
         for w in workers:
-            train_rate, eval_rate = measure(f"{tmp}/tfds", w, num_images)
+            train_rate, eval_rate = measure(root, csv, w, num_images)
             rows.append(f"| {w} | {train_rate:.0f} | {train_rate / max(1, w):.0f} | "
                         f"{eval_rate:.0f} |")
             print(rows[-1], flush=True)
     body = "\n".join([
-        "## Input pipeline (grain, 448 px)",
+        "### Input pipeline (448 px, photo-like JPEGs)",
         "",
         f"{common.hardware_line()}. `python -m hierjax.benchmarks.pipeline"
-        f"{' --quick' if args.quick else ''}`: CUB-format array_record files of "
-        f"500 x 375 JPEGs; train = resize 512 + random crop 448 + flip, batches of "
-        f"{BATCH}; eval = resize 512 + centre crop 448; {num_images} images per row.",
+        f"{' --quick' if args.quick else ''}`: an image folder of 500 x 375 photo-like "
+        f"JPEGs (`hierjax.benchmarks.photos`); train = resize 512 + random crop 448 + "
+        f"flip, batches of {BATCH}; eval = resize 512 + centre crop 448; {num_images} "
+        "timed training images per row; 0 workers = threads of the training process.",
         "",
-        "| grain workers | train img/s | train img/s per worker | eval img/s |",
+        "| workers | train img/s | train img/s per worker | eval img/s |",
         "|---|---|---|---|",
         *rows,
     ])

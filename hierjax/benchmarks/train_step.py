@@ -18,7 +18,7 @@ import flax.jax_utils
 import jax
 import numpy as np
 
-from hierjax import config_lib, train
+from hierjax import settings, train
 from hierjax.benchmarks import common
 from hierjax.hierarchy import Hierarchy
 from hierjax.train_step import AXIS, init_state, train_step
@@ -30,12 +30,11 @@ QUICK_ROWS = [("resnet18", 32, True, 64, 8)]
 
 
 def make_config(model, size, small_input, dtype, variant):
-    config = config_lib.base_config()
-    config.model.name = model
-    config.model.small_input = small_input
-    config.model.dtype = dtype
-    config.data.image_size = size
-    return config_lib.apply_variant(config, variant)
+    """Resolved settings of the row: GLM at the paper's lambda = 0.8 for OURS."""
+    return settings.resolve(settings.set_keys(settings.base_config(), {
+        "model.name": model, "model.small_input": small_input, "model.dtype": dtype,
+        "data.image_size": size, "variant": variant,
+        "loss.glm_weight": 0.8 if variant == "OURS" else None}))
 
 
 def benchmark_row(model, size, small_input, per_device, dtype, variant, steps):

@@ -9,7 +9,7 @@ Studies (each run is `hierjax.train.train_and_evaluate` with the config as given
 runs of a study share network, epochs, batch size and schedule):
 - `variants`: SM, SM-GLM, CSM, CSM-GLM, SC-CSM, OURS, CC (b = 1), CC (b = 2), OURS+CC,
   and OURS with the P x Q x K hierarchical sampler (`OURS+PQK`, `sampler_pqk` as set);
-- `lambda`: `--variant` at loss.glm_lambda = 0.2, 0.4, ..., 1.4 (the paper's grid);
+- `lambda`: `--variant` at loss.glm_weight = 0.2, 0.4, ..., 1.4 (the paper's grid);
 - `k`: `--variant` at loss.glm_k = 1, 3, 5, 10.
 Runs live in WORKDIR/<study>/<run>/seed<s> (give each --variant of a lambda or k study
 its own WORKDIR); a finished run's result.json is reused, so re-running the command
@@ -57,24 +57,22 @@ def study_runs(study: str, variant: str) -> list[tuple[str, str, dict]]:
     """(run name, variant, config overrides) of a study."""
     if study == "variants":
         runs = [(v, v, {}) for v in ("SM", "SM-GLM", "CSM", "CSM-GLM", "SC-CSM", "OURS")]
-        runs += [("CC b=1", "CC", {"loss.coarse_b": 1.0}), ("CC b=2", "CC", {"loss.coarse_b": 2.0}),
+        runs += [("CC b=1", "CC", {"loss.coarse_weight": 1.0}),
+                 ("CC b=2", "CC", {"loss.coarse_weight": 2.0}),
                  ("OURS+CC", "OURS+CC", {}), ("OURS+PQK", "OURS", {"data.sampler": "hierarchical"})]
         return runs
     if study == "lambda":
-        return [(f"lambda={v:g}", variant, {"loss.glm_lambda": v}) for v in LAMBDAS]
+        return [(f"lambda={v:g}", variant, {"loss.glm_weight": v}) for v in LAMBDAS]
     return [(f"k={v}", variant, {"loss.glm_k": v}) for v in KS]
 
 
 def run_config(base, variant: str, overrides: dict, seed: int):
-    """A copy of base with the overrides, the variant applied, and the seed."""
-    from hierjax import config_lib
+    """The resolved settings of base with the variant, the overrides and the seed."""
+    from hierjax import settings
 
     config = copy.deepcopy(base)
-    with config.unlocked():
-        config_lib.set_keys(config, overrides)
-        config.seed = seed
-        config_lib.apply_variant(config, variant)
-    return config
+    settings.set_keys(config, {"variant": variant, "seed": seed, **overrides})
+    return settings.resolve(config)
 
 
 def eval_curve(workdir: pathlib.Path, steps_per_epoch: int) -> list[tuple[float, float]]:
@@ -88,7 +86,8 @@ def eval_curve(workdir: pathlib.Path, steps_per_epoch: int) -> list[tuple[float,
 
 
 def train_run(config, workdir: pathlib.Path) -> dict:
-    """The run's result: final metrics, wall seconds, eval curve (cached in result.json)."""
+    """The run's result: final metrics, wall seconds, eval curve (cached in result.json).
+    `config`: resolved settings."""
     from hierjax import data, train
 
     result_path = workdir / "result.json"
@@ -99,7 +98,7 @@ def train_run(config, workdir: pathlib.Path) -> dict:
     start = time.perf_counter()
     metrics = train.train_and_evaluate(config, workdir)
     seconds = time.perf_counter() - start
-    train_set, _ = data.build_datasets(config.data)
+    train_set, _ = data.build_sources(config.data)
     result = {"metrics": metrics, "seconds": seconds,
               "curve": eval_curve(workdir, len(train_set) // config.batch_size)}
     result_path.write_text(json.dumps(result))
@@ -107,11 +106,13 @@ def train_run(config, workdir: pathlib.Path) -> dict:
 
 
 def sibling_fraction(config) -> float:
-    """Mean over one epoch's batches of `batch_sibling_stats(...)["with_sibling"]`."""
+    """Mean over one epoch's batches of `batch_sibling_stats(...)["with_sibling"]`
+    (`config`: resolved settings)."""
     from hierjax import data
+    from hierjax.data.sampler import build_sampler
 
-    train_set, _ = data.build_datasets(config.data)
-    sampler = data.build.build_sampler(config.data, config.batch_size)
+    train_set, _ = data.build_sources(config.data)
+    sampler = build_sampler(config.data, config.batch_size)
     order = sampler(train_set, seed=config.seed, epoch=0)
     batches = order[:len(order) // config.batch_size * config.batch_size].reshape(
         -1, config.batch_size)
@@ -213,7 +214,8 @@ def main(argv):
           f"batch {base.batch_size}, lr {base.optimizer.lr} ({base.optimizer.schedule}, "
           f"warm-up {base.optimizer.warmup_epochs} epochs), weight decay "
           f"{base.optimizer.weight_decay}, {base.data.max_train_examples or 'all'} training "
-          f"images, {_SEEDS.value} seeds; glm_lambda {base.loss.glm_lambda}, k "
+          f"images, {_SEEDS.value} seeds; loss.glm_weight "
+          f"{base.loss.glm_weight if base.loss.glm_weight is not None else 'default'}, k "
           f"{base.loss.glm_k}.",
         "",
         table(results, siblings),

@@ -1,43 +1,27 @@
-"""The input of a training run, by config: `build_input(config, ...)` and `normalization`.
+"""The input of a training run from its settings: `build_input`, `build_sources`,
+`normalization`.
 
-Keys of `config.data` (defaults and comments in hierjax/config_lib.py:base_config):
-- `name`: in memory, "synthetic" or "cifar100"; from files, a dataset prepared by
-  `python -m hierjax.prepare` ("cub", "aircraft", "cars", "dogs", "nabirds") or
-  "image_folder" (your own images: `data_dir/<split>/<fine class>/*.jpg`, with
-  `hierarchy` the path of a hierarchy CSV);
-- `data_dir`: cifar100: the folder of the offline npz copy ("" = ../shared/data/cifar100
-  next to the repository) or a tfds folder holding a prepared `hierjax_cifar100`;
-  prepared datasets: the tfds data folder (`--data_dir` of prepare);
-- `hierarchy`: which stored hierarchy of a prepared dataset ("" = its default);
-- `train_split`, `eval_split`: split names of file-backed datasets;
-- `max_train_examples`, `max_eval_examples`: keep that many, class by class (0 = all);
-- `sampler`, `sampler_pqk`, `sampler_level`: batch composition (hierjax.data.sampler);
-- file-backed only: `image_size` (the crop), `eval_resize`, `train_crop`, `min_scale`,
-  `use_bbox`, `num_workers` (hierjax.data.images, hierjax.data.files);
-- synthetic only: `synthetic_*` and `image_size`; cifar100 images stay 32 x 32.
+`config.data.name` picks the source (`hierjax.settings.DataSettings` documents every
+key): "synthetic" and "cifar100" (the npz copy) are held in memory; a prepared "cifar100"
+folder, "cub", "aircraft", "cars", "dogs", "nabirds" and "image_folder" are read from
+files. Every source goes through the same pipeline (`hierjax.data.pipeline`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
 
-from hierjax import datasets
-from hierjax.data import cifar100, synthetic
-from hierjax.data.pipeline import TrainIterator, eval_batches
-from hierjax.data.prefetch import Prefetch
+from hierjax.data import cifar100_npz, synthetic
+from hierjax.data.pipeline import EvalInput, TrainInput
 from hierjax.data.sampler import build_sampler
-from hierjax.data.sharding import shard_for_process
-from hierjax.data.source import ArraySource
+from hierjax.data.sources import shard, take
+from hierjax.data.transforms import EvalTransform, ImageSettings, TrainTransform
 from hierjax.hierarchy import Hierarchy
+from hierjax.settings import ConfigError
 
-IN_MEMORY = ("synthetic", "cifar100")
-# Prepared by `python -m hierjax.prepare`; a prepared cifar100 loads into memory.
-PREPARED = tuple(name for name in datasets.BUILDERS if name not in IN_MEMORY)
-NAMES = IN_MEMORY + PREPARED + ("image_folder",)
 # ImageNet statistics, for the (pretrained) fine-grained models, in 0..1 units.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -45,155 +29,100 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 @dataclasses.dataclass
 class Input:
-    """What the training loop reads.
+    """What the training loop reads: this process's share of the data."""
 
-    train: endless batches with get_state / set_state / steps_per_epoch / close;
-    eval_batches(): a fresh pass over the evaluation set (batches with `valid`).
-    """
-
-    name: str
     hierarchy: Hierarchy
     image_shape: tuple[int, int, int]
-    num_train: int
-    num_eval: int
-    train: Iterator[dict[str, np.ndarray]]
-    eval_batches: Callable[[], Iterator[dict[str, np.ndarray]]]
+    train: TrainInput
+    eval: EvalInput
+
+    def close(self) -> None:
+        """Stops every worker."""
+        self.train.close()
+        self.eval.close()
 
 
-def build_input(config, *, num_devices: int, process_index: int = 0,
+def build_input(settings, *, num_devices: int, process_index: int = 0,
                 num_processes: int = 1) -> Input:
-    """This process's training and evaluation input for `config` (batches split over
-    its `num_devices` devices; each process reads config.batch_size / num_processes)."""
-    data_config = config.data
-    name = _get(data_config, "name")
-    _check_name(name)
-    batch = config.batch_size // num_processes
-    sampler = build_sampler(data_config, batch)
-    if name in IN_MEMORY:
-        train, test = build_datasets(data_config)
-        train = shard_for_process(train, process_index, num_processes)
-        test = shard_for_process(test, process_index, num_processes)
-        iterator = Prefetch(TrainIterator(train, global_batch_size=batch,
-                                          num_devices=num_devices, seed=config.seed,
-                                          sampler=sampler))
-        return Input(name, train.hierarchy, train.image_shape, len(train), len(test),
-                     iterator, lambda: eval_batches(test, global_batch_size=batch,
-                                                    num_devices=num_devices))
-    from hierjax.data import files  # grain and tfds, only for file-backed data
-
-    train, test = (files.subset(_file_source(data_config, split),
-                                max_examples=_max_examples(data_config, key),
-                                process_index=process_index, num_processes=num_processes)
-                   for split, key in ((data_config.train_split, "max_train_examples"),
-                                      (data_config.eval_split, "max_eval_examples")))
-    settings = image_settings(data_config)
-    workers = _get(data_config, "num_workers")
-    iterator = files.GrainTrainIterator(train, settings, global_batch_size=batch,
-                                        num_devices=num_devices, seed=config.seed,
-                                        num_workers=workers, sampler=sampler)
-    return Input(name, train.hierarchy, (settings.size, settings.size, 3), len(train),
-                 len(test), iterator,
-                 lambda: files.grain_eval_batches(test, settings, global_batch_size=batch,
-                                                  num_devices=num_devices,
-                                                  num_workers=workers))
+    """This process's training and evaluation input (each process reads
+    batch_size / num_processes examples a step, split over its `num_devices`)."""
+    data = settings.data
+    batch = settings.batch_size // num_processes
+    train, test = build_sources(data)
+    images = ImageSettings.from_data_settings(data)
+    image_shape = _image_shape(train, images)
+    workers = data.num_workers
+    train_input = TrainInput(
+        shard(train, process_index, num_processes), TrainTransform(images, settings.seed),
+        batch_size=batch, num_devices=num_devices, seed=settings.seed,
+        num_workers=workers, sampler=build_sampler(data, batch))
+    eval_input = EvalInput(shard(test, process_index, num_processes), EvalTransform(images),
+                           batch_size=batch, num_devices=num_devices, num_workers=workers)
+    return Input(train.hierarchy, image_shape, train_input, eval_input)
 
 
-def image_settings(data_config):
-    """`hierjax.data.files.ImageSettings` from config.data."""
-    from hierjax.data.files import ImageSettings
-    from hierjax.data.images import TRAIN_CROPS
-
-    size = _get(data_config, "image_size")
-    resize = _get(data_config, "eval_resize") or round(size * 8 / 7)
-    if resize < size:
-        raise ValueError(
-            f"config.data.eval_resize = {resize} is smaller than the crop "
-            f"config.data.image_size = {size}; use >= {size} (0 = image_size * 8 / 7)")
-    crop = _get(data_config, "train_crop")
-    if crop not in TRAIN_CROPS:
-        raise ValueError(f"config.data.train_crop = {crop!r}; choose one of {TRAIN_CROPS}")
-    min_scale = _get(data_config, "min_scale")
-    if not 0 < min_scale <= 1:
-        raise ValueError(f"config.data.min_scale = {min_scale} must lie in (0, 1]")
-    return ImageSettings(size=size, resize=resize, train_crop=crop, min_scale=min_scale,
-                         use_bbox=_get(data_config, "use_bbox"))
-
-
-def _file_source(data_config, split: str):
-    from hierjax.data import files
-
-    name, data_dir = data_config.name, _get(data_config, "data_dir")
-    if not data_dir:
-        raise ValueError(
-            f"config.data.data_dir is empty; set it to the folder holding the "
-            f"{'images' if name == 'image_folder' else 'prepared ' + name + ' dataset'}")
-    data_dir = str(Path(data_dir).expanduser())
-    if name == "image_folder":
-        return files.ImageFolderSource(data_dir, split, _get(data_config, "hierarchy"))
-    return files.TfdsSource(name, data_dir, split, _get(data_config, "hierarchy"))
-
-
-def build_datasets(data_config) -> tuple[ArraySource, ArraySource]:
-    """(train, eval) in-memory sources of "synthetic" or "cifar100"."""
-    name = _get(data_config, "name")
-    if name not in IN_MEMORY:
-        raise ValueError(f"config.data.name = {name!r} is not an in-memory dataset "
-                         f"({', '.join(IN_MEMORY)})")
-    max_train = _max_examples(data_config, "max_train_examples")
-    max_eval = _max_examples(data_config, "max_eval_examples")
-    if name == "synthetic":
+def build_sources(data):
+    """(train, eval) sources of `data` (DataSettings), max_*_examples applied."""
+    if data.name == "synthetic":
         train, test = synthetic.make_synthetic(
-            _get(data_config, "synthetic_num_fine"),
-            _get(data_config, "synthetic_num_coarse"),
-            train_size=_get(data_config, "synthetic_train_size"),
-            test_size=_get(data_config, "synthetic_test_size"),
-            image_size=_get(data_config, "image_size"),
-        )
-        return train.subset(max_train), test.subset(max_eval)
-    data_dir = _get(data_config, "data_dir")
-    if data_dir and (Path(data_dir) / "hierjax_cifar100").is_dir():
-        return (cifar100.load_prepared(data_dir, "train").subset(max_train),
-                cifar100.load_prepared(data_dir, "test").subset(max_eval))
-    return (
-        cifar100.load_cifar100(data_dir, "train", max_examples=max_train),
-        cifar100.load_cifar100(data_dir, "test", max_examples=max_eval),
-    )
+            data.synthetic_num_fine, data.synthetic_num_coarse,
+            train_size=data.synthetic_train_size, test_size=data.synthetic_test_size,
+            image_size=data.image_size)
+    elif data.name == "cifar100" and not _prepared_cifar100(data.data_dir):
+        train, test = (cifar100_npz.load_cifar100(data.data_dir, split)
+                       for split in (data.train_split, data.eval_split))
+    else:
+        train, test = (_file_source(data, split) for split in (data.train_split,
+                                                               data.eval_split))
+    return take(train, data.max_train_examples), take(test, data.max_eval_examples)
 
 
-def normalization(data_config) -> tuple[np.ndarray, np.ndarray]:
-    """Per-channel (mean [3], std [3]) for the model input, float32 in 0..1 units:
-    the dataset's own for synthetic and CIFAR-100, ImageNet's for the others (the
+def _prepared_cifar100(data_dir: str) -> bool:
+    return bool(data_dir) and (Path(data_dir).expanduser() / "hierjax_cifar100").is_dir()
+
+
+def _file_source(data, split: str):
+    if not data.data_dir:
+        raise ConfigError(
+            f"config.data.data_dir is empty; set it to the folder holding the "
+            f"{'images' if data.name == 'image_folder' else 'prepared ' + data.name + ' dataset'}")
+    data_dir = str(Path(data.data_dir).expanduser())
+    if data.name == "image_folder":
+        from hierjax.data.folder_source import ImageFolderSource
+
+        return ImageFolderSource(data_dir, split, data.hierarchy)
+    from hierjax.data.tfds_source import TfdsSource
+
+    return TfdsSource(data.name, data_dir, split, data.hierarchy)
+
+
+def _image_shape(source, images: ImageSettings) -> tuple[int, int, int]:
+    """The (H, W, C) of the examples, checked against config.data.train_crop."""
+    shape = source.image_shape
+    if images.train_crop == "pad_crop":
+        if shape is None:  # encoded images: they keep their stored size
+            return images.size, images.size, 3
+        if shape[:2] != (images.size, images.size):
+            raise ConfigError(
+                f"config.data.image_size = {images.size} but {source.name} holds "
+                f"{shape[0]} x {shape[1]} images, which config.data.train_crop = 'pad_crop' "
+                f"keeps as they are; set config.data.image_size = {shape[0]}")
+        return shape
+    if shape is not None:
+        raise ConfigError(
+            f"config.data.train_crop = {images.train_crop!r} decodes and resizes encoded "
+            f"images, but {source.name} is held in memory as arrays; use 'pad_crop'")
+    return images.size, images.size, 3
+
+
+def normalization(data) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel (mean [3], std [3]) of the model input, float32 in 0..1 units: the
+    data set's own for synthetic and CIFAR-100, ImageNet's for the others (the
     statistics pretrained backbones were trained with)."""
-    name = _get(data_config, "name")
-    _check_name(name)
-    if name in IN_MEMORY:
-        module = synthetic if name == "synthetic" else cifar100
-        mean, std = module.MEAN, module.STD
+    if data.name == "synthetic":
+        mean, std = synthetic.MEAN, synthetic.STD
+    elif data.name == "cifar100":
+        mean, std = cifar100_npz.MEAN, cifar100_npz.STD
     else:
         mean, std = IMAGENET_MEAN, IMAGENET_STD
     return np.array(mean, np.float32), np.array(std, np.float32)
-
-
-def _check_name(name) -> None:
-    if name not in NAMES:
-        raise ValueError(
-            f"config.data.name={name!r} is not a known data set; choose one of "
-            f"{', '.join(map(repr, NAMES))}"
-        )
-
-
-def _get(data_config, key: str):
-    try:
-        return getattr(data_config, key)
-    except (AttributeError, KeyError):
-        raise KeyError(
-            f"config.data.{key} is not set; add it to the config "
-            "(the keys are listed in hierjax/config_lib.py:base_config)"
-        ) from None
-
-
-def _max_examples(data_config, key: str) -> int:
-    value = _get(data_config, key)
-    if value < 0:
-        raise ValueError(f"config.data.{key}={value} must be >= 0 (0 = all examples)")
-    return value

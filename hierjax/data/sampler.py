@@ -3,9 +3,9 @@
 A sampler is `sampler(source, seed=, epoch=) -> int64 indices`, at least
 `(len(source) // B) * B` of them for batch size B; consecutive runs of B indices are
 the batches. Every sampler is a function of (seed, epoch) alone, so a resumed run
-repeats the same batches. Both input pipelines (the in-memory `TrainIterator` and the
-grain pipeline of `hierjax.data.files`) take any sampler; a source only needs
-`len(source)` and `labels_Nxh` (int [N, h], fine level first).
+repeats the same batches. The input pipeline (`hierjax.data.pipeline`) takes any
+sampler; a source only needs `len(source)` and `labels_Nxh` (int [N, h], fine level
+first).
 
 The hierarchical sampler builds every batch from P coarse groups x Q fine classes of
 each group x K images of each class, so that the GLM loss (which compares a class with
@@ -17,6 +17,8 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
+
+from hierjax.settings import ConfigError
 
 # Stream tags, so the samplers and the augmentation never share random numbers.
 SHUFFLE_STREAM, AUGMENT_STREAM, HIERARCHICAL_STREAM = 0, 1, 2
@@ -115,18 +117,14 @@ def batch_sibling_stats(labels_Bxh: np.ndarray, level: int = 1) -> dict[str, flo
             "classes": float(len(pairs))}
 
 
-def build_sampler(data_config, per_process_batch_size: int):
-    """The sampler named by config.data.sampler: "shuffle" or "hierarchical"."""
-    name = data_config.sampler
-    if name == "shuffle":
+def build_sampler(data, per_process_batch_size: int):
+    """The sampler named by config.data.sampler (`data`: DataSettings)."""
+    if data.sampler == "shuffle":
         return shuffled_order
-    if name != "hierarchical":
-        raise ValueError(
-            f"config.data.sampler = {name!r}; choose 'shuffle' or 'hierarchical'")
-    sampler = HierarchicalSampler(*data_config.sampler_pqk, level=data_config.sampler_level)
+    sampler = HierarchicalSampler(*data.sampler_pqk, level=data.sampler_level)
     if sampler.batch_size != per_process_batch_size:
-        raise ValueError(
-            f"config.data.sampler_pqk = {tuple(data_config.sampler_pqk)} makes batches of "
+        raise ConfigError(
+            f"config.data.sampler_pqk = {tuple(data.sampler_pqk)} makes batches of "
             f"{sampler.batch_size} but each process reads {per_process_batch_size} "
             "(config.batch_size / processes); make P * Q * K equal to it")
     return sampler

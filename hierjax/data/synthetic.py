@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from hierjax.data.source import ArraySource
+from hierjax.data.sources import ArraySource
 from hierjax.hierarchy import Hierarchy
 
 LEVEL_NAMES = ("fine", "coarse")

@@ -12,7 +12,7 @@ Three official files:
 
 Class i is the i-th breed directory in sorted WordNet-id order, named as the directory
 without its WordNet id ("n02085620-Chihuahua" -> "Chihuahua"). Hierarchy: `suffix`
-(120 breeds / 78 groups, see `hierjax.hierarchies`). Boxes: VOC xmin, ymin, xmax, ymax,
+(120 breeds / 78 groups, see `hierjax.hierarchy.shipped`). Boxes: VOC xmin, ymin, xmax, ymax,
 1-based inclusive pixels. The stored filename is the file_list entry.
 """
 
@@ -23,8 +23,8 @@ import xml.etree.ElementTree as ET
 import numpy as np
 import tensorflow_datasets as tfds
 
-from hierjax import hierarchies as shipped
-from hierjax.datasets import common
+from hierjax.hierarchy import shipped
+from hierjax.prepare import common
 
 SOURCE = "http://vision.stanford.edu/aditya86/ImageNetDogs/"
 IMAGES, ANNOTATIONS, LISTS = "images.tar", "annotation.tar", "lists.tar"

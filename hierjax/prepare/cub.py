@@ -4,15 +4,15 @@ Archive: `CUB_200_2011.tgz` with `CUB_200_2011/{classes,images,image_class_label
 train_test_split,bounding_boxes}.txt` and `CUB_200_2011/images/NNN.Class_name/*.jpg`.
 Hierarchies (all stored with every example): `species_family_order` (200/38/13, the
 default), `species_genus_family_order` (200/122/37/13) and `suffix` (200 -> 70); see
-`hierjax.hierarchies`. Boxes: `bounding_boxes.txt` (x, y, width, height in pixels).
+`hierjax.hierarchy.shipped`. Boxes: `bounding_boxes.txt` (x, y, width, height in pixels).
 """
 
 from __future__ import annotations
 
 import tensorflow_datasets as tfds
 
-from hierjax import hierarchies as shipped
-from hierjax.datasets import common
+from hierjax.hierarchy import shipped
+from hierjax.prepare import common
 
 ARCHIVE = "CUB_200_2011.tgz"
 ROOT = "CUB_200_2011/"

@@ -35,7 +35,7 @@ from typing import NamedTuple
 import numpy as np
 import tensorflow_datasets as tfds
 
-from hierjax.datasets import common
+from hierjax.prepare import common
 from hierjax.hierarchy import Hierarchy
 
 ARCHIVE = "nabirds.tar.gz"

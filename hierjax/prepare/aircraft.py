@@ -11,7 +11,7 @@ Archive: `fgvc-aircraft-2013b.tar.gz`, everything under `fgvc-aircraft-2013b/dat
     images_box.txt                   "<id> xmin ymin xmax ymax", 1-based inclusive pixels
 
 for <split> in train, val, trainval, test. Hierarchy: `variant_family_manufacturer`
-(100 / 70 / 30, see `hierjax.hierarchies`); the archive's own family and manufacturer
+(100 / 70 / 30, see `hierjax.hierarchy.shipped`); the archive's own family and manufacturer
 label of every image is checked against it.
 
 Every image carries a 20-pixel copyright banner at the bottom. It is stored as published
@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import tensorflow_datasets as tfds
 
-from hierjax import hierarchies as shipped
-from hierjax.datasets import common
+from hierjax.hierarchy import shipped
+from hierjax.prepare import common
 
 ARCHIVE = "fgvc-aircraft-2013b.tar.gz"
 ROOT = "fgvc-aircraft-2013b/data/"

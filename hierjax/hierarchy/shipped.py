@@ -1,7 +1,7 @@
-"""The label hierarchies shipped with hierjax, one CSV file per tree.
+"""The label hierarchies shipped with hierjax, one CSV file per tree in `files/`.
 
 `load(name)` reads one as a `hierjax.hierarchy.Hierarchy`; `NAMES` maps each short name
-to its file in this folder. File format: the `hierjax.hierarchy` module docstring (leading
+to its file in `files/`. File format: the `hierjax.hierarchy` module docstring (leading
 `#` lines, a header of level names, one row per fine class, fine level first). Every file
 starts with `#` lines giving the levels and class counts, the source, what was changed
 from it (errata fixed) and the class order. Row i is the dataset's official class id i
@@ -25,9 +25,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from hierjax.hierarchy import Hierarchy
+from hierjax.hierarchy.tree import Hierarchy
 
-DIRECTORY = Path(__file__).resolve().parent
+DIRECTORY = Path(__file__).resolve().parent / "files"
 
 NAMES: dict[str, str] = {
     "cub/species_family_order": "cub200_species_family_order.csv",

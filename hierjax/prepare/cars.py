@@ -12,7 +12,7 @@ Four official files:
                                      devkit's cars_test_annos.mat has no classes)
 
 Classes are 1-based in the .mat files; boxes are 1-based inclusive pixel indices.
-Hierarchy: `model_bodytype` (196 models / 9 body types, see `hierjax.hierarchies`).
+Hierarchy: `model_bodytype` (196 models / 9 body types, see `hierjax.hierarchy.shipped`).
 The stored filename is the member path, e.g. `cars_test/00001.jpg` (the two splits
 reuse the same file names).
 """
@@ -22,8 +22,8 @@ from __future__ import annotations
 import numpy as np
 import tensorflow_datasets as tfds
 
-from hierjax import hierarchies as shipped
-from hierjax.datasets import common
+from hierjax.hierarchy import shipped
+from hierjax.prepare import common
 
 SOURCE = "https://ai.stanford.edu/~jkrause/cars/car_dataset.html, or a mirror of it"
 DEVKIT, TEST_LABELS = "car_devkit.tgz", "cars_test_annos_withlabels.mat"

@@ -1,4 +1,4 @@
-"""CIFAR-100 from its offline copy: npz shards and a meta.json.
+"""CIFAR-100 from its offline copy (npz shards and a meta.json) as an in-memory source.
 
 Format (the copy's README.md): `data_dir` holds `meta.json` (`fine_names` [100],
 `coarse_names` [20], `fine_to_coarse` [100], `splits`: split -> shard file names,
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hierjax.data.source import ArraySource
+from hierjax.data.sources import ArraySource, take
 from hierjax.hierarchy import Hierarchy
 
 # `../shared/data/cifar100` relative to the repository root.
@@ -32,7 +32,7 @@ def load_cifar100(data_dir: str | Path, split: str, *, max_examples: int = 0) ->
 
     `data_dir` is relative to the current directory or absolute; "" means
     DEFAULT_DATA_DIR. Labels are (class, superclass).
-    `max_examples` > 0 keeps that many, class by class (`ArraySource.subset`).
+    `max_examples` > 0 keeps that many, class by class (`sources.take`).
     """
     data_dir = Path(data_dir) if str(data_dir) else DEFAULT_DATA_DIR
     meta_path = _existing(data_dir / "meta.json", data_dir)
@@ -63,7 +63,7 @@ def load_cifar100(data_dir: str | Path, split: str, *, max_examples: int = 0) ->
         )
     images = np.concatenate([images for images, _ in shards])
     fine = np.concatenate([fine for _, fine in shards])
-    return ArraySource(images, fine, hierarchy, f"cifar100/{split}").subset(max_examples)
+    return take(ArraySource(images, fine, hierarchy, f"cifar100/{split}"), max_examples)
 
 
 def _existing(path: Path, data_dir: Path) -> Path:
@@ -123,20 +123,3 @@ def _read_shard(path: Path, fine_to_coarse: np.ndarray) -> tuple[np.ndarray, np.
             "shard and meta.json do not belong together, copy the data set again"
         )
     return images, fine
-
-
-def load_prepared(data_dir: str | Path, split: str) -> ArraySource:
-    """The CIFAR-100 `split` from a tfds folder prepared by `python -m hierjax.prepare
-    cifar100` (the official python tarball), decoded into memory."""
-    import io
-
-    from PIL import Image
-
-    from hierjax.data.files import TfdsSource
-
-    source = TfdsSource("cifar100", str(data_dir), split)
-    records = source.__getitems__(range(len(source)))
-    images = np.stack([np.asarray(Image.open(io.BytesIO(r["image"])).convert("RGB"))
-                       for r in records])
-    fine = np.array([r["labels"][0] for r in records])
-    return ArraySource(images, fine, source.hierarchy, f"cifar100/{split}")

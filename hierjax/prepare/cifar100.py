@@ -7,7 +7,7 @@ pickles with bytes keys: train / test hold b"data" (uint8 [N, 3072], each row th
 b"fine_labels", b"coarse_labels" and b"filenames"; meta holds b"fine_label_names" and
 b"coarse_label_names". Images are stored as lossless PNG (the archive has raw pixels);
 bbox is the whole image. Hierarchy: `class_superclass` (100 / 20, see
-`hierjax.hierarchies`), checked against the archive's own coarse labels.
+`hierjax.hierarchy.shipped`), checked against the archive's own coarse labels.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ import pickle
 import numpy as np
 import tensorflow_datasets as tfds
 
-from hierjax import hierarchies as shipped
-from hierjax.datasets import common
+from hierjax.hierarchy import shipped
+from hierjax.prepare import common
 
 ARCHIVE = "cifar-100-python.tar.gz"
 ROOT = "cifar-100-python/"

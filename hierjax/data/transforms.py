@@ -1,0 +1,101 @@
+"""Per-record transforms of the input pipeline: a source record -> a training or
+evaluation example dict(image=uint8 [S, S, 3], labels=int32 [h] (, valid=bool)).
+
+`data.train_crop` picks the training augmentation:
+- "pad_crop" (CIFAR): zero-pad each side by 4 px, random crop back to the image's own
+  size, horizontal flip with probability 1/2; evaluation takes the image as it is.
+- "resize_random", "random_resized" (fine-grained photos): decoding, resizing and
+  cropping of encoded images by `hierjax.data.images`; evaluation resizes the shorter
+  side to `eval_resize` and takes the centre crop.
+Encoded images (a prepared dataset's bytes) are decoded first; in-memory arrays are used
+as they are. Every random draw of record g comes from a generator seeded by
+(seed, AUGMENT_STREAM, g), so an example depends on its global record number alone:
+not on the worker that made it, and a resumed run repeats it exactly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import grain
+import numpy as np
+
+from hierjax.data import images
+from hierjax.data.sampler import AUGMENT_STREAM
+
+PAD = 4  # pixels of zero padding of "pad_crop"
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageSettings:
+    """How records become images (from config.data)."""
+
+    size: int
+    resize: int
+    train_crop: str = "resize_random"
+    min_scale: float = 0.08
+    use_bbox: bool = False
+
+    @classmethod
+    def from_data_settings(cls, data) -> ImageSettings:
+        """From `hierjax.settings.DataSettings` (eval_resize 0 = size * 8 / 7)."""
+        return cls(size=data.image_size, resize=data.eval_resize or round(data.image_size * 8 / 7),
+                   train_crop=data.train_crop, min_scale=data.min_scale, use_bbox=data.use_bbox)
+
+
+def pad_crop_flip(image_HxWxC: np.ndarray, rng: np.random.Generator, *, pad: int = PAD):
+    """Random crop of the zero-padded image back to H x W, flipped with probability 1/2.
+
+    Draws the offsets (uniform in 0..2 * pad, y then x), then the flip, from rng.
+    """
+    height, width = image_HxWxC.shape[:2]
+    dy, dx = rng.integers(0, 2 * pad + 1, size=2)
+    padded = np.pad(image_HxWxC, ((pad, pad), (pad, pad), (0, 0)))
+    out = padded[dy:dy + height, dx:dx + width]
+    return np.ascontiguousarray(out[:, ::-1] if rng.random() < 0.5 else out)
+
+
+def _decoded(image) -> np.ndarray:
+    """A record's image as uint8 [H, W, 3]: arrays as they are, bytes decoded."""
+    if isinstance(image, np.ndarray):
+        return image
+    return np.asarray(images.decode(bytes(image)), np.uint8)
+
+
+def _box(record, settings: ImageSettings):
+    return record["bbox"] if settings.use_bbox else None
+
+
+class TrainTransform(grain.transforms.Map):
+    """record (with its global record number "g") -> augmented example."""
+
+    def __init__(self, settings: ImageSettings, seed: int):
+        self.settings, self.seed = settings, seed
+
+    def map(self, record: dict) -> dict:
+        s = self.settings
+        rng = np.random.default_rng([self.seed, AUGMENT_STREAM, record["g"]])
+        if s.train_crop == "pad_crop":
+            image = pad_crop_flip(_decoded(record["image"]), rng)
+        else:
+            image = images.train_image(bytes(record["image"]), rng, size=s.size,
+                                       resize=s.resize, crop=s.train_crop,
+                                       min_scale=s.min_scale, box=_box(record, s))
+        return {"image": image, "labels": np.asarray(record["labels"], np.int32)}
+
+
+class EvalTransform(grain.transforms.Map):
+    """record (with "valid") -> unaugmented example."""
+
+    def __init__(self, settings: ImageSettings):
+        self.settings = settings
+
+    def map(self, record: dict) -> dict:
+        s = self.settings
+        if s.train_crop == "pad_crop":
+            image = _decoded(record["image"])
+        else:
+            image = images.eval_image(bytes(record["image"]), size=s.size, resize=s.resize,
+                                      box=_box(record, s))
+        return {"image": image, "labels": np.asarray(record["labels"], np.int32),
+                "valid": np.bool_(record["valid"])}
