@@ -31,26 +31,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from hierjax.hierarchy.tree import lca_height, paths_meet_at  # noqa: F401 (public here too)
+
 TOPK = 5
-
-
-def _first_match_level(match_xH: jax.Array) -> jax.Array:
-    """First level where two ancestor paths agree, or h if they never do."""
-    h = match_xH.shape[-1]
-    return jnp.where(match_xH.any(-1), jnp.argmax(match_xH, -1), h).astype(jnp.int32)
-
-
-def lca_height(a: jax.Array, b: jax.Array, ancestors_CxH) -> jax.Array:
-    """Height of the lowest common ancestor of fine classes `a` and `b`.
-
-    height(a, b) = min{l : ancestors[a, l] == ancestors[b, l]}, so height(a, a) = 0.
-    When the paths never meet the result is h: the hierarchy gets an implicit
-    root above its top level, which makes every pair of classes comparable.
-    `a` and `b` are int arrays of broadcastable shapes; returns int32 of the
-    broadcast shape.
-    """
-    ancestors_CxH = jnp.asarray(ancestors_CxH)
-    return _first_match_level(ancestors_CxH[a] == ancestors_CxH[b])
 
 
 def _check_inputs(logits_per_level, labels_BxH, ancestors_CxH, valid_B) -> None:
@@ -138,7 +121,7 @@ def hierarchical_metrics(
     fine_hits_BxH = fine_path_BxH == labels_BxH
     # Comparing the predicted path with the label columns (rather than with
     # ancestors[label]) never indexes the table with padded rows' labels.
-    distance_B = _first_match_level(fine_hits_BxH)
+    distance_B = paths_meet_at(fine_hits_BxH)
     mistake_B = ~fine_hits_BxH[:, 0]
 
     out = {"count": jnp.sum(valid_B, dtype=jnp.float32)}

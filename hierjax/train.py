@@ -18,6 +18,7 @@ import dataclasses
 import functools
 import math
 import pathlib
+import time
 
 import flax.jax_utils
 import jax
@@ -185,6 +186,9 @@ def _train_loop(s, plan: Schedule, ctx, replicated, inputs, checkpointer, writer
     preemption = PreemptionFlag()
     checker = _FiniteChecker(s, checkpointer)
     logged, latest = [], {}
+    # Throughput of each row: images trained since the last row over the wall time, less
+    # the time spent evaluating and saving. The first row includes compilation.
+    last_row, paused = (time.perf_counter(), start), 0.0
     try:
         for step in range(start, plan.total_steps):
             profiler.maybe_start(step, replicated)
@@ -203,9 +207,14 @@ def _train_loop(s, plan: Schedule, ctx, replicated, inputs, checkpointer, writer
                 logged += checker.take_all()  # waits for this step
             if logged and (done % plan.log_every == 0 or done == plan.total_steps or stop):
                 means = {k: float(np.mean([r[k] for _, r in logged])) for k in logged[0][1]}
+                now = time.perf_counter()
+                means["images_per_s"] = ((done - last_row[1]) * s.batch_size
+                                         / max(now - last_row[0] - paused, 1e-9))
+                last_row, paused = (now, done), 0.0
                 writer.write(logged[-1][0], means, split="train")
                 progress.update(done, {"loss": means["loss"], "lr": means["lr"]})
                 logged = []
+            pause_start = time.perf_counter()
             if evaluated:
                 latest = {**evaluate(p_eval, replicated, inputs.eval), "step": done}
                 writer.write(done, _without_step(latest), split="eval")
@@ -217,6 +226,7 @@ def _train_loop(s, plan: Schedule, ctx, replicated, inputs, checkpointer, writer
                                            if latest.get("step") == done else None),
                                   force=stop or done == plan.total_steps)
                 checker.saved(done)
+            paused += time.perf_counter() - pause_start
             if stop:
                 logging.warning("SIGTERM: saved a checkpoint at step %d; exiting.", done)
                 break

@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 
 from hierjax import data, prepare, recipes, settings, train
+from hierjax.data import images as images_lib
 from hierjax.data.folder_source import ImageFolderSource
 from hierjax.data.sampler import HierarchicalSampler, batch_sibling_stats, build_sampler
 from hierjax.data.sources import shard, take
@@ -165,20 +166,32 @@ def test_file_batches_are_deterministic_and_resume(cub_dir, sampler):
         assert sorted(epoch_labels[:, 0]) == sorted(source.labels_Nxh[:, 0])
 
 
-def test_file_eval_covers_every_example_once_with_boxes(cub_dir):
+def test_file_eval_covers_every_example_once_cropped_to_its_box(cub_dir):
     tfds_dir, expected = cub_dir
     source = TfdsSource("cub", str(tfds_dir), "test")
-    transform = EvalTransform(ImageSettings(size=16, resize=16, use_bbox=True))
+    boxed = ImageSettings(size=16, resize=16, use_bbox=True)
+    # The archive's boxes are not the whole image, so the crop changes what is seen.
+    assert not np.allclose(np.stack([source[i]["bbox"] for i in range(len(source))]),
+                           [0, 0, 1, 1])
     for workers in (0, 2):
-        inputs = data.EvalInput(source, transform, batch_size=10, num_devices=2,
+        inputs = data.EvalInput(source, EvalTransform(boxed), batch_size=10, num_devices=2,
                                 num_workers=workers)
         batches = list(inputs.batches())
         inputs.close()
         assert len(batches) == -(-len(source) // 10)
         valid = np.concatenate([b["valid"].reshape(-1) for b in batches])
+        images = np.concatenate([b["image"].reshape(-1, 16, 16, 3) for b in batches])[valid]
         labels = np.concatenate([b["labels"].reshape(-1, 3) for b in batches])[valid]
         assert valid.sum() == len(source) == len(expected["test"])
         np.testing.assert_array_equal(labels, source.labels_Nxh)
+        # Each example is its stored image cropped to its stored box, then resized.
+        for i, image in enumerate(images):
+            record = source[i]
+            want = images_lib.eval_image(record["image"], size=16, resize=16,
+                                         box=record["bbox"])
+            np.testing.assert_array_equal(image, want)
+            whole = images_lib.eval_image(record["image"], size=16, resize=16)
+            assert not np.array_equal(image, whole)
 
 
 def test_image_folder_source(tmp_path):
@@ -222,7 +235,8 @@ def cub_config(tfds_dir, **overrides):
     config = recipes.finetune("cub", "species_family_order")
     return settings.set_keys(config, {
         "variant": "OURS", "data.data_dir": str(tfds_dir), "data.image_size": 16,
-        "data.num_workers": 0, "model.name": "resnet18", "model.dtype": "float32",
+        "data.num_workers": 0, "model.name": "wrn", "model.wrn_depth": 10,
+        "model.wrn_width": 1, "model.dtype": "float32",
         "batch_size": 8, "num_steps": 4, "log_every_steps": 2, "eval_every_steps": 2,
         "checkpoint_every_steps": 2, "async_checkpoints": False,
         "optimizer.warmup_epochs": 0.0, **overrides})

@@ -188,13 +188,7 @@ class Hierarchy:
         0 if a == b, l if their paths first meet at level l, h if they never meet (an
         implicit root sits above the top level).
         """
-        a, b = self._checked_fine(a), self._checked_fine(b)
-        distance = np.full(np.broadcast_shapes(a.shape, b.shape), self.num_levels, np.int32)
-        # In a tree, paths that meet at level l agree at every level above it, so h
-        # minus the number of agreeing levels is the height where they meet.
-        for column in self.ancestors.T:
-            distance -= column[a] == column[b]
-        return distance
+        return lca_height(self._checked_fine(a), self._checked_fine(b), self.ancestors)
 
     def tree_distance_matrix(self) -> np.ndarray:
         """tree_distance of every pair of fine classes, int32 [C_1, C_1]."""
@@ -435,3 +429,20 @@ def _check_id_column(path, column: str, ids: np.ndarray, fine: bool) -> None:
             f"0..{num - 1} ({each}), but: {'; '.join(problems)}. Renumber them from 0 "
             "(subtract 1 from 1-based ids), or pick a column of names with columns=(...)"
         )
+
+
+def paths_meet_at(match_xH):
+    """The level where two root-to-leaf paths of a tree first agree, h if never, from
+    match_xH[..., l] = (the paths agree at level l); int32, numpy or JAX alike.
+
+    Paths that meet at level l agree at every level above it, so that level is h minus
+    the number of agreeing levels.
+    """
+    return (match_xH.shape[-1] - match_xH.sum(-1)).astype("int32")
+
+
+def lca_height(a, b, ancestors_CxH):
+    """Height of the lowest common ancestor of fine classes a and b (broadcast; numpy or
+    JAX arrays, traced ones included): 0 if a == b, l if their paths first meet at level
+    l, h if they never meet (an implicit root sits above the top level)."""
+    return paths_meet_at(ancestors_CxH[a] == ancestors_CxH[b])

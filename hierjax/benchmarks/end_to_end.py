@@ -1,0 +1,123 @@
+"""End-to-end training throughput of `hierjax.main` against the bare jitted train step.
+
+    python -m hierjax.benchmarks.end_to_end \
+        --config=configs/cifar100_wrn.py:depth=10,width=1 --config.batch_size=64 --runs=5
+    python -m hierjax.benchmarks.end_to_end --config=... --tree=/path/to/other/checkout
+
+End to end: `python -m hierjax.main` with the given config in a fresh workdir, `--steps`
+steps logged every `--log_every`, no evaluation or checkpoint before the end; its
+throughput is the median of the `images_per_s` of metrics.jsonl's training rows after
+the first two (the first includes compilation). Bare step: in this process, the pmapped
+`train_step` of the same settings on every local device, on one real batch of the same
+input already on the devices, `--steps` steps dispatched back to back then waited for
+(median of `--runs` timings). The two alternate `--runs` times, and the table gives each
+median and their ratio. `--tree` runs `hierjax.main` of another checkout instead (for a
+before/after comparison; that checkout must log `images_per_s`).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from hierjax.benchmarks import common
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Config of both measurements.")
+_RUNS = flags.DEFINE_integer("runs", 3, "Alternating repeats of each measurement.")
+_STEPS = flags.DEFINE_integer("steps", 240, "Training steps per run.")
+_LOG_EVERY = flags.DEFINE_integer("log_every", 20, "Steps per metrics.jsonl row.")
+_TREE = flags.DEFINE_string("tree", "", "Checkout whose hierjax.main to run (default: this).")
+_WRITE = flags.DEFINE_string("write", "", "BENCHMARKS.md section name to write the table to.")
+flags.mark_flags_as_required(["config"])
+
+
+def _overrides(argv) -> list[str]:
+    return [a for a in argv if a.startswith("--config.") or a.startswith("--config=")]
+
+
+def main_images_per_second(argv, tree: Path) -> float:
+    """Median steady-state img/s of one `hierjax.main` run of this command's config."""
+    with tempfile.TemporaryDirectory() as workdir:
+        steps, every = _STEPS.value, _LOG_EVERY.value
+        cmd = [sys.executable, "-m", "hierjax.main", f"--workdir={workdir}",
+               *_overrides(argv), f"--config.num_steps={steps}",
+               f"--config.log_every_steps={every}", f"--config.eval_every_steps={10**9}",
+               f"--config.checkpoint_every_steps={10**9}"]
+        out = subprocess.run(cmd, cwd=tree, capture_output=True, text=True)
+        if out.returncode:
+            raise RuntimeError(f"hierjax.main failed:\n{out.stderr[-3000:]}")
+        rows = [json.loads(line) for line in (Path(workdir) / "metrics.jsonl").open()]
+    rates = [r["images_per_s"] for r in rows if r["split"] == "train"][2:]
+    return statistics.median(rates)
+
+
+def bare_step_images_per_second(settings, steps: int) -> float:
+    """img/s of the pmapped train step alone on one batch already on the devices."""
+    import flax.jax_utils
+    import jax
+
+    from hierjax import data, train
+    from hierjax.prefetch import DevicePrefetch
+    from hierjax.train_step import AXIS, init_state, train_step
+
+    inputs = data.build_input(settings, num_devices=jax.local_device_count())
+    try:
+        batch = next(DevicePrefetch(inputs.train, size=1))
+        ctx = train.build_context(settings, inputs.hierarchy, total_steps=10**6,
+                                  steps_per_epoch=inputs.train.steps_per_epoch)
+        state = flax.jax_utils.replicate(init_state(jax.random.key(0), ctx, inputs.image_shape))
+    finally:
+        inputs.close()
+    step = jax.pmap(functools.partial(train_step, ctx=ctx), axis_name=AXIS,
+                    in_axes=(0, 0, None), donate_argnums=(0,))
+    key = jax.random.key(1)
+    state, scalars = step(state, batch, key)  # compile
+    jax.block_until_ready(scalars)
+    start = time.perf_counter()
+    for _ in range(steps):
+        state, scalars = step(state, batch, key)
+    jax.block_until_ready((state, scalars))
+    return steps * settings.batch_size / (time.perf_counter() - start)
+
+
+def main(argv):
+    from hierjax import settings as settings_lib
+
+    s = settings_lib.resolve(_CONFIG.value)
+    tree = Path(_TREE.value or common.REPO_ROOT)
+    e2e, bare = [], []
+    for run in range(_RUNS.value):
+        e2e.append(main_images_per_second(sys.argv, tree))
+        bare.append(bare_step_images_per_second(s, _STEPS.value // 2))
+        print(f"run {run}: hierjax.main {e2e[-1]:.0f} img/s, bare step {bare[-1]:.0f} img/s",
+              flush=True)
+    m_e2e, m_bare = statistics.median(e2e), statistics.median(bare)
+    body = "\n".join([
+        f"{common.hardware_line()}. `python -m hierjax.benchmarks.end_to_end "
+        f"{' '.join(sys.argv[1:])}`: variant {s.variant}, {s.model.name}, "
+        f"{s.data.name}, batch {s.batch_size}, {s.data.num_workers} workers; medians of "
+        f"{_RUNS.value} alternating runs.",
+        "",
+        "| measurement | img/s (median) | runs | ratio to the bare step |",
+        "|---|---:|---|---:|",
+        f"| `hierjax.main`, steady state | {m_e2e:.0f} | {', '.join(f'{r:.0f}' for r in e2e)} "
+        f"| {m_e2e / m_bare:.2f} |",
+        f"| bare pmapped train step, batch on the devices | {m_bare:.0f} | "
+        f"{', '.join(f'{r:.0f}' for r in bare)} | 1.00 |",
+    ])
+    print(body)
+    if _WRITE.value:
+        common.write_section(_WRITE.value, body)
+
+
+if __name__ == "__main__":
+    app.run(main)
