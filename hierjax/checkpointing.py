@@ -1,8 +1,17 @@
-"""Checkpoints of the train state and the input position, plus SIGTERM handling.
+"""Checkpoints of the train state and the input position, verified on restore, plus
+SIGTERM handling.
 
-Each step directory holds two items: `state` (a pytree of arrays, e.g. a flax
-TrainState) and `data` (a small JSON dict such as {"epoch": 3, "batch_in_epoch": 17}),
-so a resumed run continues both the optimisation and the input pipeline.
+Each step directory holds three items: `state` (a pytree of arrays, e.g. a flax
+TrainState, written from a host copy), `data` (a small JSON dict such as {"epoch": 3,
+"batch_in_epoch": 17}), so a resumed run continues both the optimisation and the input
+pipeline, and `integrity` (JSON: every array's shape, dtype and CRC-32, computed from
+the host copy before it is written). Once a step is completely written, `FILES.json`
+in its directory records the size and CRC-32 of every file. A state with a non-finite
+value is never saved. `restore` checks, in that order, the files against FILES.json
+(so damaged bytes never reach orbax, whose failed reads print pages of tracebacks), the
+arrays against their checksums, and their finiteness; `restore_newest_good` sets a
+checkpoint that fails aside (moved, not deleted, with one log line saying why) and
+falls back to the next newest.
 
 Typical loop:
 
@@ -21,17 +30,29 @@ Typical loop:
     ckpt.close()  # waits for the async writes
 """
 
+import contextlib
+import gc
+import json
+import logging as py_logging
 import math
+import os
 import signal
 import threading
+import zlib
 from collections.abc import Mapping
 from typing import Any
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from absl import logging
 from etils import epath
 from orbax.checkpoint import checkpoint_managers as policies
+
+from hierjax.errors import CheckpointError
+
+INTEGRITY = "integrity"
+FILES = "FILES.json"
 
 
 class Checkpointer:
@@ -114,6 +135,7 @@ class Checkpointer:
         `metrics` (scalars, e.g. the latest eval results) rank the checkpoint for
         keep_best and must then contain `best_metric`. A step that is already on
         disk is skipped, so a forced save right after a periodic one is harmless.
+        A state with a NaN or infinity raises FloatingPointError and writes nothing.
         """
         if step in self._manager.all_steps():
             return False
@@ -125,9 +147,18 @@ class Checkpointer:
                     "metrics=None, or set best_metric to one of those keys."
                 )
             metrics = {k: float(np.asarray(v)) for k, v in metrics.items()}
+        if not (force or self._manager.should_save(step)):
+            return False
+        self._seal_finished_steps()
+        host = jax.device_get(state)  # written from here, so the checksums describe it
+        bad = _non_finite(host)
+        if bad:
+            raise FloatingPointError(
+                f"refusing to save step {step}: {len(bad)} arrays hold NaN or infinity "
+                f"(first: {bad[0]})")
         args = ocp.args.Composite(
-            state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(dict(data_state))
-        )
+            state=ocp.args.StandardSave(host), data=ocp.args.JsonSave(dict(data_state)),
+            **{INTEGRITY: ocp.args.JsonSave(checksums(host))})
         return self._manager.save(step, args=args, metrics=metrics, force=force)
 
     def should_save(self, step: int) -> bool:
@@ -148,10 +179,13 @@ class Checkpointer:
         return sorted(self._manager.all_steps())
 
     def restore(self, state_template: Any, step: int | None = None) -> tuple[Any, dict]:
-        """Returns (state, data_state) of `step` (default: the latest).
+        """Returns (state, data_state) of `step` (default: the latest), verified.
 
         The state takes the structure, dtypes and shardings of `state_template`
-        (real arrays or jax.ShapeDtypeStruct; numpy leaves come back as numpy).
+        (real arrays or jax.ShapeDtypeStruct; numpy leaves come back as numpy). Raises
+        CheckpointError with a one-line reason when the step's files are missing,
+        unreadable, fail their checksums, hold non-finite values or do not fit the
+        template.
         """
         if step is None:
             step = self.latest_step()
@@ -165,30 +199,110 @@ class Checkpointer:
                 f"No checkpoint for step {step} in {self.directory}; "
                 f"kept steps: {self.all_steps()}."
             )
+        self._manager.wait_until_finished()  # the step may still be being written
+        step_dir = self.directory / str(step)
+        missing = [item for item in ("state", "data") if not (step_dir / item).exists()]
+        if missing or not (step_dir / "state" / "_METADATA").exists():
+            raise CheckpointError(f"step {step} is incomplete: no "
+                                  f"{(missing and missing[0] + '/') or 'state/_METADATA'}")
+        if (step_dir / FILES).exists():
+            damaged = _check_files(step_dir)
+            if damaged:
+                raise CheckpointError(f"step {step} is damaged: {damaged}")
         # orbax accepts numpy arrays but not numpy scalars as restore targets.
         template = jax.tree.map(
             lambda x: np.asarray(x) if isinstance(x, np.generic) else x, state_template
         )
-        args = ocp.args.Composite(
-            state=ocp.args.StandardRestore(template), data=ocp.args.JsonRestore()
-        )
+        verified = (step_dir / INTEGRITY).exists()
+        if verified:
+            mismatch = _fit(template, step_dir)
+            if mismatch:
+                raise CheckpointMismatch(
+                    f"the checkpoint at step {step} in {self.directory} does not fit this "
+                    f"run's model and optimizer: {mismatch}. Was it written with another "
+                    "config.model or config.optimizer? Resume with that config, or use "
+                    "another workdir")
+        items = dict(state=ocp.args.StandardRestore(template), data=ocp.args.JsonRestore())
+        if verified:
+            items[INTEGRITY] = ocp.args.JsonRestore()
         try:
-            restored = self._manager.restore(step, args=args)
-        except Exception as e:  # orbax/tensorstore raise many types; add the remedy.
-            raise RuntimeError(
-                f"Could not restore checkpoint step {step} from {self.directory}: {e}\n"
-                f"If that step is incomplete or corrupt, delete {self.directory / str(step)} "
-                "to resume from the previous one; if the model or optimizer config "
-                "changed, restore with the config the checkpoint was written with."
-            ) from e
+            with _quiet_orbax():
+                restored = self._manager.restore(step, args=ocp.args.Composite(**items))
+        except Exception as e:  # orbax/tensorstore raise many types; one line of cause
+            raise CheckpointError(f"step {step} could not be read: {_first_line(e)}") from e
+        host = jax.device_get(restored.state)
+        if verified:
+            mismatch = _compare(checksums(host), restored[INTEGRITY])
+            if mismatch:
+                raise CheckpointError(f"step {step} fails its checksums: {mismatch}")
+        else:
+            logging.warning("Checkpoint step %d has no checksums (written by an older "
+                            "hierjax): only its finiteness is checked.", step)
+        bad = _non_finite(host)
+        if bad:
+            raise CheckpointError(f"step {step} holds NaN or infinity in {len(bad)} "
+                                  f"arrays (first: {bad[0]})")
         return restored.state, restored.data
+
+    def restore_newest_good(self, state_template: Any) -> tuple[Any, dict, int] | None:
+        """(state, data_state, step) of the newest checkpoint that restores and verifies,
+        or None when there is none. Each newer one that fails is moved to
+        `<directory>_set_aside/<step>` (with a REASON.txt) and named in one log line;
+        if every checkpoint fails, CheckpointError lists them all."""
+        tried = []
+        for step in sorted(self._manager.all_steps(), reverse=True):
+            try:
+                state, data = self.restore(state_template, step)
+            except CheckpointMismatch:
+                raise  # the run, not the checkpoint, is wrong: set nothing aside
+            except CheckpointError as e:
+                where = self.set_aside(step, str(e))
+                logging.warning("Checkpoint %s: %s; moved to %s, trying the one before.",
+                                self.directory / str(step), e, where)
+                tried.append(f"{step} ({e})")
+                continue
+            return state, data, step
+        if tried:
+            raise CheckpointError(
+                f"no usable checkpoint in {self.directory}; tried, newest first: "
+                f"{'; '.join(tried)}. They were moved to {self.set_aside_directory}; "
+                "start again in a new workdir, or move one back if you know it is good")
+        return None
+
+    @property
+    def set_aside_directory(self) -> epath.Path:
+        return self.directory.parent / f"{self.directory.name}_set_aside"
+
+    def set_aside(self, step: int, reason: str) -> epath.Path:
+        """Moves step's directory out of the manager's view; returns where it went."""
+        target = self.set_aside_directory / str(step)
+        suffix = 1
+        while target.exists():
+            target, suffix = self.set_aside_directory / f"{step}.{suffix}", suffix + 1
+        self.set_aside_directory.mkdir(parents=True, exist_ok=True)
+        (self.directory / str(step)).rename(target)
+        (target / "REASON.txt").write_text(reason + "\n")
+        self._manager.reload()
+        return target
 
     def wait(self) -> None:
         """Blocks until pending async saves (and old-step deletions) are done."""
         self._manager.wait_until_finished()
+        self._seal_finished_steps()
+
+    def _seal_finished_steps(self) -> None:
+        """Writes FILES.json into every completely written step that lacks one."""
+        self._manager.wait_until_finished()
+        if jax.process_index() != 0:
+            return
+        for step in self._manager.all_steps():
+            step_dir = self.directory / str(step)
+            if step_dir.exists() and not (step_dir / FILES).exists():
+                (step_dir / FILES).write_text(json.dumps(_file_table(step_dir), indent=0))
 
     def close(self) -> None:
         """Waits for pending saves and releases orbax's threads."""
+        self.wait()
         self._manager.close()
 
     def __enter__(self) -> "Checkpointer":
@@ -196,6 +310,115 @@ class Checkpointer:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _leaves(tree) -> list[tuple[str, np.ndarray]]:
+    return [(jax.tree_util.keystr(path), np.asarray(leaf))
+            for path, leaf in jax.tree_util.tree_leaves_with_path(tree)]
+
+
+def checksums(host_tree) -> dict[str, dict]:
+    """Per array of a host pytree: {"shape", "dtype", "crc32"} by its tree path."""
+    out = {}
+    for name, array in _leaves(host_tree):
+        raw = np.ascontiguousarray(array).reshape(-1).view(np.uint8)  # (0-d becomes 1-d)
+        out[name] = {"shape": list(array.shape), "dtype": str(array.dtype),
+                     "crc32": zlib.crc32(raw) if array.size else 0}
+    return out
+
+
+class CheckpointMismatch(CheckpointError):
+    """A sound checkpoint whose arrays do not fit the state being restored."""
+
+
+def _fit(template, step_dir) -> str:
+    """'' when the template's arrays have the paths and shapes of the checkpoint's (as
+    its integrity record lists them), else the first difference in words."""
+    record_dir = step_dir / INTEGRITY
+    files = [f for f in record_dir.iterdir() if f.is_file() and not f.name.startswith(".")
+             and f.name != "commit_success.txt"]
+    try:
+        written = json.loads(files[0].read_text())
+    except (IndexError, ValueError, OSError):
+        return ""  # unreadable: left to the integrity check after reading
+    leaves = {jax.tree_util.keystr(p): x for p, x in jax.tree_util.tree_leaves_with_path(template)}
+    for name in sorted(set(leaves) | set(written)):
+        if name not in written:
+            return f"the run has {name}, the checkpoint does not"
+        if name not in leaves:
+            return f"the checkpoint has {name}, the run does not"
+        here = (tuple(np.shape(leaves[name])), str(np.dtype(leaves[name].dtype)))
+        there = (tuple(written[name]["shape"]), written[name]["dtype"])
+        if here != there:
+            return f"{name} is {there[1]} {there[0]} there, {here[1]} {here[0]} here"
+    return ""
+
+
+def _compare(got: Mapping, want: Mapping) -> str:
+    """'' when equal, else the first difference in words."""
+    for name in sorted(set(got) | set(want)):
+        if name not in want or name not in got:
+            return f"{name} is {'not in the checksums' if name not in want else 'missing'}"
+        g, w = got[name], want[name]
+        if g != w:
+            field = next(k for k in ("shape", "dtype", "crc32") if g[k] != w[k])
+            return f"{name} has {field} {g[field]}, written as {w[field]}"
+    return ""
+
+
+def _file_table(step_dir) -> dict[str, list[int]]:
+    """Relative path -> [size, CRC-32] of every file under a step directory."""
+    table = {}
+    for root, _, names in os.walk(step_dir):
+        for name in names:
+            if name == FILES:
+                continue
+            path = os.path.join(root, name)
+            with open(path, "rb") as f:
+                data = f.read()
+            table[os.path.relpath(path, step_dir)] = [len(data), zlib.crc32(data)]
+    return table
+
+
+def _check_files(step_dir) -> str:
+    """'' when every file matches FILES.json, else the first difference in words."""
+    want = json.loads((step_dir / FILES).read_text())
+    got = _file_table(step_dir)
+    for name in sorted(want):
+        if name not in got:
+            return f"{name} is missing"
+        (size, crc), (got_size, got_crc) = want[name], got[name]
+        if got_size != size:
+            return f"{name} has {got_size} bytes, written with {size}"
+        if got_crc != crc:
+            return f"{name} has other bytes than were written (CRC-32 mismatch)"
+    return ""
+
+
+def _non_finite(host_tree) -> list[str]:
+    return [name for name, array in _leaves(host_tree)
+            if array.dtype.kind in "fc" and not np.isfinite(array.astype(np.float32)).all()]
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return (text[0] if text else type(error).__name__)[:300]
+
+
+@contextlib.contextmanager
+def _quiet_orbax():
+    """orbax and tensorstore log a traceback per failed read of a damaged checkpoint
+    (hundreds of lines); the caller reports the failure in one line instead."""
+    loggers = [py_logging.getLogger(name) for name in ("absl", "asyncio", "orbax")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(py_logging.CRITICAL)
+    try:
+        yield
+    finally:
+        gc.collect()  # failed reads' lingering tasks report themselves when collected
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
 
 
 class PreemptionFlag:

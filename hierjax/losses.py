@@ -4,6 +4,18 @@ Label convention shared by every function here: `labels_BxH` holds, per example,
 fine class in column 0 and its ancestor at level l in column l (coarser as l grows).
 `valid_B` (optional bool) marks the rows that take part; padded rows are ignored.
 
+Label contract: every valid row is a path of the hierarchy (labels in range; a fine
+class always with the same ancestors). Called eagerly with concrete labels, each loss
+checks this and raises a ValueError naming the row. Under jit the labels are values the
+loss cannot inspect, and a label out of range silently gives a wrong value (NaN, or a
+finite wrong loss): check the data once on the host (hierjax's input pipeline does, per
+dataset), or pass `check_labels=True` and run the function under
+`jax.experimental.checkify.checkify`, which then reports the first bad label:
+
+    err, loss = checkify.checkify(jax.jit(functools.partial(
+        cascaded_softmax_loss, check_labels=True)))(logits, labels)
+    err.throw()
+
 * `glm_loss` — generalized large-margin loss of Shi, Gong et al. (IEEE TNNLS),
   computed for all class pairs at once with static shapes.
 * `cascaded_softmax_loss` — sum over levels of weighted softmax cross-entropy.
@@ -20,6 +32,7 @@ from typing import NamedTuple, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import checkify
 
 __all__ = [
     "GLMStatistics",
@@ -71,6 +84,81 @@ def _check_inputs(features_BxD, labels_BxH, valid_B):
     if valid_B is not None and valid_B.shape != features_BxD.shape[:1]:
         raise ValueError(
             f"valid must be [B] = [{features_BxD.shape[0]}], got shape {valid_B.shape}.")
+
+
+def _check_labels(labels_BxH, valid_B, *, where: str, num_classes=None, ancestors=None,
+                  paths: bool = True, checked: bool = False) -> None:
+    """The label contract (module docstring): a ValueError naming the row when the labels
+    are concrete, `checkify.check`s when `checked` and they are traced, else nothing.
+
+    num_classes: classes per level to check the range of (None: no range check);
+    ancestors: [C_1, h] table every row must follow (None: rows must agree with each
+    other: the same fine class with the same ancestors); paths=False checks ranges only
+    (the cascaded loss treats each level on its own).
+    """
+    if labels_BxH.ndim != 2:
+        raise ValueError(f"{where}: labels must be [B, h] (fine label, then its ancestor "
+                         f"at each coarser level), got shape {labels_BxH.shape}; build them "
+                         "with Hierarchy.labels_for(fine_labels)")
+    try:
+        labels = np.asarray(labels_BxH)
+        valid = np.ones(len(labels), bool) if valid_B is None else np.asarray(valid_B, bool)
+        anc = None if ancestors is None else np.asarray(ancestors)
+    except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
+        if checked:
+            _checkify_labels(labels_BxH, valid_B, where, num_classes, ancestors, paths)
+        return
+    rows = np.flatnonzero(valid)
+    if num_classes is not None:
+        for level, c in enumerate(num_classes):
+            bad = rows[(labels[rows, level] < 0) | (labels[rows, level] >= c)]
+            if bad.size:
+                raise ValueError(f"{where}: row {bad[0]} has level-{level} label "
+                                 f"{labels[bad[0], level]}, outside 0..{c - 1}")
+    if anc is not None:
+        fine = labels[rows, 0]
+        if fine.size and (fine.min() < 0 or fine.max() >= len(anc)):
+            row = rows[np.flatnonzero((fine < 0) | (fine >= len(anc)))[0]]
+            raise ValueError(f"{where}: row {row} has fine label {labels[row, 0]}, outside "
+                             f"0..{len(anc) - 1} (the ancestors table)")
+        wrong = rows[(labels[rows] != anc[fine]).any(1)]
+        if wrong.size:
+            row = wrong[0]
+            raise ValueError(f"{where}: row {row} has labels {labels[row].tolist()} but fine "
+                             f"class {labels[row, 0]} lies under {anc[labels[row, 0]].tolist()}")
+    elif paths:
+        _, first = np.unique(labels[rows, 0], return_index=True)
+        reference = dict(zip(labels[rows[first], 0].tolist(), labels[rows[first]].tolist()))
+        for row in rows:
+            if labels[row].tolist() != reference[int(labels[row, 0])]:
+                raise ValueError(f"{where}: row {row} has labels {labels[row].tolist()}, "
+                                 f"another row of fine class {labels[row, 0]} has "
+                                 f"{reference[int(labels[row, 0])]}: the rows contradict "
+                                 "each other")
+
+
+def _checkify_labels(labels_BxH, valid_B, where, num_classes, ancestors, paths):
+    valid = jnp.ones(labels_BxH.shape[:1], bool) if valid_B is None else valid_B
+    if num_classes is not None:
+        for level, c in enumerate(num_classes):
+            label = labels_BxH[:, level]
+            checkify.check(jnp.all(~valid | ((label >= 0) & (label < c))),
+                           f"{where}: a level-{level} label is outside 0..{c - 1}")
+    if ancestors is not None:
+        anc = jnp.asarray(ancestors)
+        fine = labels_BxH[:, 0]
+        in_range = (fine >= 0) & (fine < anc.shape[0])
+        checkify.check(jnp.all(~valid | in_range),
+                       f"{where}: a fine label is outside 0..{anc.shape[0] - 1}")
+        follows = jnp.all(anc[jnp.clip(fine, 0, anc.shape[0] - 1)] == labels_BxH, axis=1)
+        checkify.check(jnp.all(~valid | follows),
+                       f"{where}: a row's coarse labels contradict the ancestors table")
+    elif paths:
+        same_fine = labels_BxH[:, None, 0] == labels_BxH[None, :, 0]
+        same_path = jnp.all(labels_BxH[:, None] == labels_BxH[None, :], axis=-1)
+        both = valid[:, None] & valid[None, :]
+        checkify.check(jnp.all(~(both & same_fine) | same_path),
+                       f"{where}: rows of the same fine class have different ancestors")
 
 
 def _k_smallest_pair_sums(dist_N, pair_id_N, num_pairs, k):
@@ -186,7 +274,7 @@ def _masked_max(values, mask, axis=-1):
 
 
 def glm_loss(features, labels, *, k, margins, valid=None, axis_name=None,
-             precision="highest"):
+             precision="highest", check_labels=False):
     """Generalized large-margin (GLM) loss of Shi, Gong et al. (IEEE TNNLS).
 
     Over the present classes P of the batch (see `glm_statistics` for D_W and D_B):
@@ -209,10 +297,12 @@ def glm_loss(features, labels, *, k, margins, valid=None, axis_name=None,
         value; the gradient of the device-mean of that value (what a pmean'd train step
         differentiates) equals the single-device gradient of the global batch.
       precision: matmul precision of the Gram matrix.
+      check_labels: checkify checks of the label contract under jit (module docstring).
 
     Returns:
       float32 scalar.
     """
+    _check_labels(labels, valid, where="glm_loss", checked=check_labels)
     h = labels.shape[-1]
     margins = tuple(float(m) for m in margins)
     if len(margins) != h:
@@ -263,7 +353,8 @@ def _softmax_ce(logits_BxC, labels_B):
     return -jnp.take_along_axis(log_probs, labels_B[:, None], axis=-1)[:, 0]
 
 
-def cascaded_softmax_loss(logits_per_level, labels, *, weights=None, valid=None):
+def cascaded_softmax_loss(logits_per_level, labels, *, weights=None, valid=None,
+                          check_labels=False):
     """Cascaded softmax (CSM) loss: mean over valid examples of sum_l w_l CE(z_l, y_l).
 
     Args:
@@ -272,6 +363,7 @@ def cascaded_softmax_loss(logits_per_level, labels, *, weights=None, valid=None)
       labels: int [B, h]; column l is the level-l label.
       weights: optional L floats w_l (default all 1).
       valid: optional bool [B].
+      check_labels: checkify checks of the label contract under jit (module docstring).
 
     Returns:
       float32 scalar.
@@ -282,6 +374,8 @@ def cascaded_softmax_loss(logits_per_level, labels, *, weights=None, valid=None)
         raise ValueError(
             f"cascaded_softmax_loss got {num_heads} heads but labels have "
             f"{labels.shape[-1]} levels; pass 1..{labels.shape[-1]} heads, fine first.")
+    _check_labels(labels, valid, where="cascaded_softmax_loss", checked=check_labels,
+                  num_classes=[z.shape[-1] for z in logits_per_level], paths=False)
     weights = (1.0,) * num_heads if weights is None else tuple(float(w) for w in weights)
     if len(weights) != num_heads:
         raise ValueError(f"weights has {len(weights)} entries for {num_heads} heads.")
@@ -292,7 +386,7 @@ def cascaded_softmax_loss(logits_per_level, labels, *, weights=None, valid=None)
 
 
 def coarse_constraint_loss(fine_logits, labels, ancestors, *, a=1.0, b=1.0, valid=None,
-                           reduction="mean"):
+                           reduction="mean", check_labels=False):
     """Coarse-label constraint loss of Lu & Zou (MMM 2019).
 
     For coarse level l >= 1 the target over fine classes is multi-hot:
@@ -310,10 +404,13 @@ def coarse_constraint_loss(fine_logits, labels, ancestors, *, a=1.0, b=1.0, vali
       b: weight of the constraint: one float for every coarse level, or h - 1 floats.
       valid: optional bool [B].
       reduction: "mean" or "sum" over fine classes of the sigmoid cross-entropy.
+      check_labels: checkify checks of the label contract under jit (module docstring).
 
     Returns:
       float32 scalar.
     """
+    _check_labels(labels, valid, where="coarse_constraint_loss", checked=check_labels,
+                  ancestors=ancestors)
     ancestors = jnp.asarray(ancestors)
     h = labels.shape[-1]
     if ancestors.shape != (fine_logits.shape[-1], h):

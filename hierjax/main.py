@@ -3,7 +3,8 @@
 Any config key can be overridden with `--config.KEY=VALUE` (every key: hierjax/settings.py).
 Under SLURM (or with config.distributed.initialize) JAX's multi-process runtime is
 initialised first, one process per GPU. Errors in what the user gave (config, data,
-workdir) print their message alone and exit with status 2.
+hierarchy, archive, checkpoint, workdir: `hierjax.errors.UserError`) print their message
+alone and exit with status 2; a training that diverges prints its message and exits 1.
 """
 
 import logging as py_logging
@@ -17,6 +18,10 @@ _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file, e.g. configs/cifar100_resnet18.py:runlocal.",
     lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs, profiles.")
+_ALLOW_CONFIG_CHANGE = flags.DEFINE_bool(
+    "allow_config_change", False,
+    "Resume a workdir whose config.json differs in keys that change the training "
+    "(recorded in WORKDIR/config_changes.jsonl).")
 flags.mark_flags_as_required(["config", "workdir"])
 
 USAGE_ERROR = 2
@@ -29,9 +34,9 @@ class _QuietOrbax(py_logging.Filter):
         return record.levelno >= py_logging.WARNING or "/orbax/" not in record.pathname
 
 
-def _fail(message: str):
+def _fail(message: str, status: int = USAGE_ERROR):
     print(f"error: {message}", file=sys.stderr)
-    sys.exit(USAGE_ERROR)
+    sys.exit(status)
 
 
 def _check_override_keys(argv) -> None:
@@ -88,10 +93,15 @@ def main(argv):
         jax.distributed.initialize()
     logging.info("JAX %s: process %d of %d, local devices %s", jax.__version__,
                  jax.process_index(), jax.process_count(), jax.local_devices())
+    from hierjax.errors import UserError
+
     try:
-        train.train_and_evaluate(resolved, _WORKDIR.value)
-    except settings.ConfigError as e:
+        train.train_and_evaluate(resolved, _WORKDIR.value,
+                                 allow_config_change=_ALLOW_CONFIG_CHANGE.value)
+    except UserError as e:
         _fail(str(e))
+    except FloatingPointError as e:
+        _fail(str(e), status=1)
 
 
 if __name__ == "__main__":

@@ -77,7 +77,8 @@ def cifar100(model: str) -> ml_collections.ConfigDict:
 
 
 def finetune(dataset: str, hierarchy: str) -> ml_collections.ConfigDict:
-    """Fine-tuning an ImageNet-pretrained ResNet-50 (`model.pretrained`) at 448 px: train
+    """Fine-tuning an ImageNet-pretrained ResNet-50 at 448 px (`model.pretrained` must be
+    given: its weights, or 'none' to train from scratch on purpose): train
     crop = resize 512 + random 448 crop + flip, eval = resize 512 + centre crop; batch
     32, SGD + Nesterov lr 0.01 for the backbone and 10x for the new heads, gradients
     clipped to global norm 5, 1 warm-up epoch then cosine over 100 epochs, weight decay
@@ -90,6 +91,7 @@ def finetune(dataset: str, hierarchy: str) -> ml_collections.ConfigDict:
     config.data.train_crop = "resize_random"
     config.data.num_workers = 8
     config.model.name = "resnet50"
+    config.model.pretrained = settings.PRETRAINED_REQUIRED  # given on the command line
     config.model.small_input = False
     config.model.dtype = "bfloat16"
     config.batch_size = 32

@@ -39,9 +39,7 @@ from typing import Any
 import ml_collections
 from ml_collections import config_dict
 
-
-class ConfigError(ValueError):
-    """A config the user wrote is invalid; the message names the key and the fix."""
+from hierjax.errors import ConfigError
 
 
 # ------------------------------------------------------------------------------ schema
@@ -90,6 +88,8 @@ class DataSettings:
     min_scale: float = key(0.08, "smallest area fraction of random_resized", low=0,
                            low_open=True, high=1)
     use_bbox: bool = key(False, "crop every image to its object box first")
+    allow_missing_classes: bool = key(False, "image_folder: warn about classes without "
+                                      "images instead of stopping")
     num_workers: int = key(0, "decoding/augmentation processes (0 = threads of the "
                            "training process)", low=0, resumable=True)
     sampler: str = key("shuffle", "shuffle | hierarchical (P groups x Q classes x K images)",
@@ -119,7 +119,8 @@ class ModelSettings:
     dtype: str = key("float32", "compute dtype (parameters stay float32); bfloat16 on GPUs",
                      choices=("float32", "bfloat16"))
     pretrained: str = key("", "torchvision/timm state dict (.safetensors, or .pth with "
-                          "torch) of the backbone; '' trains from scratch")
+                          "torch) of the backbone; '' or 'none' trains from scratch; the "
+                          "fine-tuning recipes start at 'REQUIRED'")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -248,6 +249,7 @@ class Settings:
 GLM_WEIGHT_PRETRAINED = 0.8
 GLM_WEIGHT_FROM_SCRATCH = 0.05
 COARSE_WEIGHT = 1.0
+PRETRAINED_REQUIRED = "REQUIRED"
 
 
 def _section_classes() -> dict[str, type]:
@@ -424,7 +426,22 @@ def resolve(config: Mapping) -> Settings:
     sections = {name: cls(**_build(cls, values, f"{name}."))
                 for name, cls in _section_classes().items()}
     settings = Settings(**_build(Settings, values, ""), **sections)
-    return _resolve_variant(_check_together(settings))
+    return _resolve_variant(_resolve_pretrained(_check_together(settings)))
+
+
+def _resolve_pretrained(settings: Settings) -> Settings:
+    """'REQUIRED' (the fine-tuning recipes) is an error; 'none' means ''."""
+    pretrained = settings.model.pretrained
+    if pretrained == PRETRAINED_REQUIRED:
+        raise ConfigError(
+            "config.model.pretrained is not set: this config fine-tunes an ImageNet-"
+            f"pretrained {settings.model.name}. Give its weights (e.g. "
+            f"--config.model.pretrained={settings.model.name}.safetensors, a torchvision/"
+            "timm state dict), or --config.model.pretrained=none to train from scratch")
+    if pretrained.lower() == "none":
+        return dataclasses.replace(settings,
+                                   model=dataclasses.replace(settings.model, pretrained=""))
+    return settings
 
 
 def _resolve_variant(settings: Settings) -> Settings:

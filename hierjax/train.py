@@ -14,6 +14,7 @@ be checked: a non-finite state is never saved.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import math
@@ -26,6 +27,7 @@ import numpy as np
 from absl import logging
 
 from hierjax import data, metrics, optim, settings as settings_lib
+from hierjax import workdir as workdir_lib
 from hierjax.checkpointing import Checkpointer, PreemptionFlag
 from hierjax.models import build_model
 from hierjax.prefetch import DevicePrefetch
@@ -34,7 +36,6 @@ from hierjax.reporting import MetricWriter, ProgressBar, summary_table
 from hierjax.train_step import AXIS, StepContext, eval_step, init_state, train_step
 
 BEST_METRIC = "top1/0"
-CONFIG_FILE = "config.json"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,29 +91,45 @@ def evaluate(p_eval, replicated_state, eval_input) -> dict[str, float]:
     return metrics.summarize(totals)
 
 
-def train_and_evaluate(config, workdir) -> dict[str, float]:
+def train_and_evaluate(config, workdir, *, allow_config_change: bool = False
+                       ) -> dict[str, float]:
     """Trains `config` (a ConfigDict, resolved here, or `Settings`) in `workdir`,
-    resuming from its latest checkpoint if any. Returns the final evaluation metrics
-    (hierjax.metrics.summarize names) plus "step", the step they were measured at."""
+    resuming from its newest good checkpoint if any. Returns the final evaluation
+    metrics (hierjax.metrics.summarize names) plus "step", the step they were measured
+    at. A workdir holds one run at a time, and resumes only under the config it was
+    started with (`hierjax.workdir`) unless `allow_config_change`."""
     s = config if isinstance(config, settings_lib.Settings) else settings_lib.resolve(config)
     workdir = pathlib.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    settings_lib.write_json(s, workdir / CONFIG_FILE)
     num_devices, num_processes = jax.local_device_count(), jax.process_count()
     if s.batch_size % (num_devices * num_processes):
         raise settings_lib.ConfigError(
             f"config.batch_size = {s.batch_size} must divide evenly over "
             f"{num_devices * num_processes} devices ({num_processes} process(es) x "
             f"{num_devices}); pick a multiple of {num_devices * num_processes}")
-    inputs = data.build_input(s, num_devices=num_devices, process_index=jax.process_index(),
-                              num_processes=num_processes)
-    try:
-        return _run(s, workdir, inputs)
-    finally:
-        inputs.close()
+    primary = jax.process_index() == 0
+    with workdir_lib.lock(workdir) if primary else contextlib.nullcontext():
+        checkpointer = Checkpointer(
+            workdir / "checkpoints", save_interval_steps=s.checkpoint_every_steps,
+            max_to_keep=s.keep_checkpoints, keep_best=s.keep_best_checkpoints,
+            best_metric=BEST_METRIC, async_save=s.async_checkpoints)
+        try:
+            latest = checkpointer.latest_step()
+            workdir_lib.check_config(workdir, s, resuming=latest is not None,
+                                     allow_changes=allow_config_change,
+                                     start_step=latest or 0, write=primary)
+            inputs = data.build_input(s, num_devices=num_devices,
+                                      process_index=jax.process_index(),
+                                      num_processes=num_processes)
+            try:
+                return _run(s, workdir, inputs, checkpointer)
+            finally:
+                inputs.close()
+        finally:
+            checkpointer.close()
 
 
-def _run(s, workdir: pathlib.Path, inputs: data.Input) -> dict[str, float]:
+def _run(s, workdir: pathlib.Path, inputs: data.Input, checkpointer) -> dict[str, float]:
     plan = Schedule.of(s, inputs.train.steps_per_epoch)
     hierarchy = inputs.hierarchy
     logging.info("Data: %s, %d train / %d eval examples (this process), hierarchy %s %s; "
@@ -122,34 +139,27 @@ def _run(s, workdir: pathlib.Path, inputs: data.Input) -> dict[str, float]:
                  s.variant, s.loss)
     ctx = build_context(s, hierarchy, total_steps=plan.total_steps,
                         steps_per_epoch=plan.steps_per_epoch)
-    checkpointer = Checkpointer(
-        workdir / "checkpoints", save_interval_steps=s.checkpoint_every_steps,
-        max_to_keep=s.keep_checkpoints, keep_best=s.keep_best_checkpoints,
-        best_metric=BEST_METRIC, async_save=s.async_checkpoints)
-    try:
-        state = _restore_or_init(s, ctx, inputs, checkpointer)
-        start_step = int(state.step)
-        replicated = flax.jax_utils.replicate(state)
-        del state  # the replicated copy is the one that trains
-        p_eval = jax.pmap(functools.partial(eval_step, ctx=dataclasses.replace(ctx, axis_name=None)))
-        with MetricWriter(workdir, resumed_at=start_step) as writer:
-            finished = start_step >= plan.total_steps
-            stopped, latest = False, {}
-            if finished:
-                logging.info("Training already finished (step %d of %d); evaluating only.",
-                             start_step, plan.total_steps)
-            else:
-                replicated, latest, stopped = _train_loop(
-                    s, plan, ctx, replicated, inputs, checkpointer, writer, p_eval, workdir)
-            step = int(replicated.step[0])
-            # After a SIGTERM the scheduler's grace period is short: report the latest
-            # evaluation as it is, labelled with its step, rather than run another.
-            if not stopped and latest.get("step") != step:
-                latest = {**evaluate(p_eval, replicated, inputs.eval), "step": step}
-                if not finished:  # a finished run's file already has this row
-                    writer.write(step, _without_step(latest), split="eval")
-    finally:
-        checkpointer.close()
+    state = _restore_or_init(s, ctx, inputs, checkpointer)
+    start_step = int(state.step)
+    replicated = flax.jax_utils.replicate(state)
+    del state  # the replicated copy is the one that trains
+    p_eval = jax.pmap(functools.partial(eval_step, ctx=dataclasses.replace(ctx, axis_name=None)))
+    with MetricWriter(workdir, resumed_at=start_step) as writer:
+        finished = start_step >= plan.total_steps
+        stopped, latest = False, {}
+        if finished:
+            logging.info("Training already finished (step %d of %d); evaluating only.",
+                         start_step, plan.total_steps)
+        else:
+            replicated, latest, stopped = _train_loop(
+                s, plan, ctx, replicated, inputs, checkpointer, writer, p_eval, workdir)
+        step = int(replicated.step[0])
+        # After a SIGTERM the scheduler's grace period is short: report the latest
+        # evaluation as it is, labelled with its step, rather than run another.
+        if not stopped and latest.get("step") != step:
+            latest = {**evaluate(p_eval, replicated, inputs.eval), "step": step}
+            if not finished:  # a finished run's file already has this row
+                writer.write(step, _without_step(latest), split="eval")
     print(_summary(latest, hierarchy, stopped_at=step if stopped else None), flush=True)
     return latest
 
@@ -159,15 +169,19 @@ def _without_step(rates: dict) -> dict:
 
 
 def _restore_or_init(s, ctx, inputs, checkpointer):
-    """The latest checkpoint's state (and input position), else a fresh state."""
+    """The newest good checkpoint's state (and input position), else a fresh state."""
     resuming = checkpointer.latest_step() is not None
     # A resumed run takes its weights from the checkpoint, not the pretrained file.
     state = init_state(jax.random.key(s.seed), ctx, inputs.image_shape,
                        model_config=None if resuming else s.model)
     if resuming:
-        state, data_state = checkpointer.restore(state)
+        restored = checkpointer.restore_newest_good(state)
+        if restored is None:  # every checkpoint was set aside: start again
+            return init_state(jax.random.key(s.seed), ctx, inputs.image_shape,
+                              model_config=s.model)
+        state, data_state, step = restored
         inputs.train.set_state(data_state)
-        logging.info("Resumed from %s at step %d.", checkpointer.directory, int(state.step))
+        logging.info("Resumed from %s at step %d.", checkpointer.directory, step)
     return state
 
 

@@ -223,6 +223,8 @@ def test_archive_lacking_an_image(name, tmp_path, capsys):
         m: d for m, d in files.items() if not (m == first or m.endswith("/" + first))})
     err = failed_prepare(name, manual, tmp_path / "data", capsys)
     assert "test images but the archive holds" in err and "incomplete" in err
+    # The missing file is named, with its class.
+    assert f"missing: " in err and first in err and "(class " in err, err
 
 
 @pytest.mark.parametrize("name, rename", [
@@ -324,7 +326,8 @@ def test_each_finetuning_config_reads_its_prepared_dataset(name, prepared):
     data_dir, _, expected = prepared(name)
     config = load_config(f"configs/{name}_resnet50.py", "runlocal")
     settings.set_keys(config, {"data.data_dir": str(data_dir), "batch_size": 2,
-                               "data.num_workers": 0, "data.eval_split": "test"})
+                               "data.num_workers": 0, "data.eval_split": "test",
+                               "model.pretrained": "none"})
     inputs = data.build_input(settings.resolve(config), num_devices=2)
     assert len(inputs.eval) == len(expected["test"])
     assert inputs.hierarchy == next(iter(shipped_hierarchies(name).values()))

@@ -14,6 +14,7 @@ from hierjax.data.folder_source import ImageFolderSource
 from hierjax.data.sampler import HierarchicalSampler, batch_sibling_stats, build_sampler
 from hierjax.data.sources import shard, take
 from hierjax.data.tfds_source import TfdsSource
+from hierjax.errors import DataError
 from hierjax.data.transforms import EvalTransform, ImageSettings, TrainTransform
 from hierjax.hierarchy import Hierarchy
 from official_archives import write_cub
@@ -207,13 +208,17 @@ def test_image_folder_source(tmp_path):
             (folder / f"{i}.jpg").write_bytes(
                 encoded(rng.integers(0, 256, (20, 24, 3), dtype=np.uint8), "JPEG"))
     (tmp_path / "images" / "train" / "wren" / "notes.txt").write_text("not an image")
-    source = ImageFolderSource(str(tmp_path / "images"), "train", str(csv))
+    with pytest.raises(DataError, match="1 classes of .* have no images: robin"):
+        ImageFolderSource(str(tmp_path / "images"), "train", str(csv))
+    source = ImageFolderSource(str(tmp_path / "images"), "train", str(csv),
+                               allow_missing_classes=True)
     assert len(source) == 5
     np.testing.assert_array_equal(source.labels_Nxh, [[2, 1]] * 3 + [[0, 0]] * 2)
     assert source[0]["image"] == (tmp_path / "images/train/gull/0.jpg").read_bytes()
     (tmp_path / "images" / "train" / "eagle").mkdir()
     with pytest.raises(ValueError, match=r"\['eagle'\].*not fine classes of"):
-        ImageFolderSource(str(tmp_path / "images"), "train", str(csv))
+        ImageFolderSource(str(tmp_path / "images"), "train", str(csv),
+                          allow_missing_classes=True)
     with pytest.raises(FileNotFoundError, match="no folder .*test"):
         ImageFolderSource(str(tmp_path / "images"), "test", str(csv))
 
@@ -235,6 +240,7 @@ def cub_config(tfds_dir, **overrides):
     config = recipes.finetune("cub", "species_family_order")
     return settings.set_keys(config, {
         "variant": "OURS", "data.data_dir": str(tfds_dir), "data.image_size": 16,
+        "model.pretrained": "none",
         "data.num_workers": 0, "model.name": "wrn", "model.wrn_depth": 10,
         "model.wrn_width": 1, "model.dtype": "float32",
         "batch_size": 8, "num_steps": 4, "log_every_steps": 2, "eval_every_steps": 2,
@@ -260,7 +266,8 @@ def test_cub_runlocal_config_builds_its_input(cub_dir):
     tfds_dir, _ = cub_dir
     config = recipes.finish(recipes.finetune("cub", "suffix"),
                             recipes.parse_arg("runlocal", runlocal=False, variant="OURS"))
-    settings.set_keys(config, {"data.data_dir": str(tfds_dir), "batch_size": 8})
+    settings.set_keys(config, {"data.data_dir": str(tfds_dir), "batch_size": 8,
+                               "model.pretrained": "none"})
     inputs = data.build_input(settings.resolve(config), num_devices=2)
     assert inputs.hierarchy.num_classes == (200, 70) and inputs.image_shape == (64, 64, 3)
     batch = next(inputs.train)

@@ -202,7 +202,14 @@ def test_dataset_names_match_the_builders():
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
 @pytest.mark.parametrize("arg", [None, "runlocal", "runlocal,variant=SM"])
 def test_config_files_resolve(path, arg):
-    s = settings.resolve(load(path).get_config(arg))
+    config = load(path).get_config(arg)
+    if config.model.pretrained == settings.PRETRAINED_REQUIRED:  # the fine-tuning recipes
+        with pytest.raises(ConfigError, match="config.model.pretrained is not set: this "
+                                              "config fine-tunes an ImageNet-pretrained"):
+            settings.resolve(config)
+        settings.set_keys(config, {"model.pretrained": "none"})  # from scratch, on purpose
+    s = settings.resolve(config)
+    assert s.model.pretrained == ""
     if arg and "runlocal" in arg:
         assert s.num_steps > 0 and s.batch_size <= 32
     if arg and "variant=SM" in arg:

@@ -17,7 +17,7 @@ import numpy as np
 from hierjax.data import cifar100_npz, synthetic
 from hierjax.data.pipeline import EvalInput, TrainInput
 from hierjax.data.sampler import build_sampler
-from hierjax.data.sources import shard, take
+from hierjax.data.sources import check_labels, shard, take
 from hierjax.data.transforms import EvalTransform, ImageSettings, TrainTransform
 from hierjax.hierarchy import Hierarchy
 from hierjax.settings import ConfigError
@@ -52,11 +52,14 @@ def build_input(settings, *, num_devices: int, process_index: int = 0,
     images = ImageSettings.from_data_settings(data)
     image_shape = _image_shape(train, images)
     workers = data.num_workers
+    class_names = train.hierarchy.class_names[0]  # for error messages
     train_input = TrainInput(
-        shard(train, process_index, num_processes), TrainTransform(images, settings.seed),
+        shard(train, process_index, num_processes),
+        TrainTransform(images, settings.seed, class_names),
         batch_size=batch, num_devices=num_devices, seed=settings.seed,
         num_workers=workers, sampler=build_sampler(data, batch))
-    eval_input = EvalInput(shard(test, process_index, num_processes), EvalTransform(images),
+    eval_input = EvalInput(shard(test, process_index, num_processes),
+                           EvalTransform(images, class_names),
                            batch_size=batch, num_devices=num_devices, num_workers=workers)
     return Input(train.hierarchy, image_shape, train_input, eval_input)
 
@@ -74,6 +77,8 @@ def build_sources(data):
     else:
         train, test = (_file_source(data, split) for split in (data.train_split,
                                                                data.eval_split))
+    for source in (train, test):
+        check_labels(source)
     return take(train, data.max_train_examples), take(test, data.max_eval_examples)
 
 
@@ -90,7 +95,8 @@ def _file_source(data, split: str):
     if data.name == "image_folder":
         from hierjax.data.folder_source import ImageFolderSource
 
-        return ImageFolderSource(data_dir, split, data.hierarchy)
+        return ImageFolderSource(data_dir, split, data.hierarchy,
+                                 allow_missing_classes=data.allow_missing_classes)
     from hierjax.data.tfds_source import TfdsSource
 
     return TfdsSource(data.name, data_dir, split, data.hierarchy)

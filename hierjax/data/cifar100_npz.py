@@ -15,6 +15,7 @@ import numpy as np
 
 from hierjax.data.sources import ArraySource, take
 from hierjax.hierarchy import Hierarchy
+from hierjax.errors import DataError, MissingDataError
 
 # `../shared/data/cifar100` relative to the repository root.
 DEFAULT_DATA_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "cifar100"
@@ -38,7 +39,7 @@ def load_cifar100(data_dir: str | Path, split: str, *, max_examples: int = 0) ->
     meta_path = _existing(data_dir / "meta.json", data_dir)
     meta = _read_meta(meta_path)
     if split not in meta["splits"]:
-        raise ValueError(
+        raise DataError(
             f"{meta_path}: no split {split!r}; the splits are {sorted(meta['splits'])}"
         )
     hierarchy = Hierarchy.from_parents(
@@ -56,7 +57,7 @@ def load_cifar100(data_dir: str | Path, split: str, *, max_examples: int = 0) ->
     counts = {name: len(fine) for name, (_, fine) in zip(meta["splits"][split], shards)}
     expected = meta["num_examples"][split]
     if sum(counts.values()) != expected:
-        raise ValueError(
+        raise DataError(
             f"{data_dir}: split {split!r} has {sum(counts.values())} examples "
             f"({', '.join(f'{k}: {v}' for k, v in counts.items())}) but {meta_path} says "
             f"{expected}; the copy is incomplete or mixed up, copy the data set again"
@@ -68,7 +69,7 @@ def load_cifar100(data_dir: str | Path, split: str, *, max_examples: int = 0) ->
 
 def _existing(path: Path, data_dir: Path) -> Path:
     if not path.exists():
-        raise FileNotFoundError(
+        raise MissingDataError(
             f"CIFAR-100 not found: {path.resolve()} does not exist (data_dir "
             f"{str(data_dir)!r}). Set --config.data.data_dir=... to the folder holding "
             "meta.json, train_0.npz, train_1.npz, train_2.npz and test.npz; the default "
@@ -81,10 +82,10 @@ def _read_meta(path: Path) -> dict:
     try:
         meta = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
-        raise ValueError(f"{path} is not valid JSON ({e}); copy the data set again") from None
+        raise DataError(f"{path} is not valid JSON ({e}); copy the data set again") from None
     missing = [key for key in _META_KEYS if key not in meta]
     if missing:
-        raise ValueError(f"{path} lacks the key(s) {', '.join(missing)}; copy the data set again")
+        raise DataError(f"{path} lacks the key(s) {', '.join(missing)}; copy the data set again")
     return meta
 
 
@@ -93,30 +94,30 @@ def _read_shard(path: Path, fine_to_coarse: np.ndarray) -> tuple[np.ndarray, np.
     with np.load(path, allow_pickle=False) as npz:
         missing = [key for key in ("image", "fine", "coarse") if key not in npz.files]
         if missing:
-            raise ValueError(
+            raise DataError(
                 f"{path} lacks the array(s) {', '.join(missing)} (it has {npz.files})"
             )
         images, fine, coarse = npz["image"], npz["fine"], npz["coarse"]
     if images.dtype != np.uint8 or images.shape[1:] != IMAGE_SHAPE:
-        raise ValueError(
+        raise DataError(
             f"{path}: 'image' must be uint8 [N, 32, 32, 3], got {images.dtype} {images.shape}"
         )
     for key, labels in (("fine", fine), ("coarse", coarse)):
         if labels.shape != images.shape[:1] or labels.dtype.kind not in "iu":
-            raise ValueError(
+            raise DataError(
                 f"{path}: {key!r} must be integer labels [{len(images)}] (one per image), "
                 f"got {labels.dtype} {labels.shape}"
             )
     num_fine = len(fine_to_coarse)
     if fine.size and fine.max() >= num_fine:
-        raise ValueError(
+        raise DataError(
             f"{path}: fine label {fine.max()} is out of range 0..{num_fine - 1} "
             "of meta.json's fine_names"
         )
     wrong = np.flatnonzero(coarse != fine_to_coarse[fine])
     if wrong.size:
         row = wrong[0]
-        raise ValueError(
+        raise DataError(
             f"{path}: {wrong.size} row(s) have a coarse label other than "
             f"fine_to_coarse[fine] (first: row {row}, fine {fine[row]}, coarse "
             f"{coarse[row]}, but meta.json maps it to {fine_to_coarse[fine[row]]}); the "

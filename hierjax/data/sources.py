@@ -4,7 +4,7 @@ A source has `name`, `hierarchy`, `image_shape` ((H, W, C) of in-memory images, 
 for encoded ones), `len(source)`, `labels_Nxh` (int32 [N, h]: fine label first, then its
 ancestors, as `Hierarchy.labels_for` gives them) and `source[i]`, a
 record dict(image=..., labels=int32 [h], bbox=float32 [4] (ymin, xmin, ymax, xmax in
-0..1)). `image` is a decoded uint8 [H, W, C] array for the in-memory sources
+0..1), name=str (the file, or where the example is, for error messages)). `image` is a decoded uint8 [H, W, C] array for the in-memory sources
 (`ArraySource`: synthetic, the CIFAR-100 npz copy) and the encoded file bytes for the
 file-backed ones (`hierjax.data.tfds_source`, `hierjax.data.folder_source`);
 `hierjax.data.transforms` turns either into training or evaluation images.
@@ -18,6 +18,7 @@ import functools
 
 import numpy as np
 
+from hierjax.errors import DataError
 from hierjax.hierarchy import Hierarchy
 
 WHOLE_IMAGE = np.array([0.0, 0.0, 1.0, 1.0], np.float32)
@@ -53,7 +54,7 @@ class ArraySource:
 
     def __getitem__(self, index: int) -> dict:
         return {"image": self.images_NxHxWxC[index], "labels": self.labels_Nxh[index],
-                "bbox": WHOLE_IMAGE}
+                "bbox": WHOLE_IMAGE, "name": f"{self.name}[{index}]"}
 
 
 class Subset:
@@ -123,3 +124,29 @@ def shard(source, process_index: int, num_processes: int):
     n = len(source)
     lo, hi = process_index * n // num_processes, (process_index + 1) * n // num_processes
     return Subset(source, np.arange(lo, hi), f"{source.name}[{lo}:{hi}]")
+
+
+def check_labels(source) -> None:
+    """DataError naming the first example whose labels are not a path of the source's
+    hierarchy: a fine label out of range, or a coarse label that contradicts the tree."""
+    labels = np.asarray(source.labels_Nxh)
+    hierarchy = source.hierarchy
+    if labels.ndim != 2 or labels.shape[1] != hierarchy.num_levels:
+        raise DataError(f"{source.name}: labels have shape {labels.shape}, expected "
+                        f"[N, {hierarchy.num_levels}] for the levels {hierarchy.level_names}")
+    fine = labels[:, 0]
+    out_of_range = np.flatnonzero((fine < 0) | (fine >= hierarchy.num_classes[0]))
+    if out_of_range.size:
+        i = int(out_of_range[0])
+        raise DataError(
+            f"{source.name}: example {i} ({source[i]['name']}) has fine label {fine[i]}, "
+            f"outside 0..{hierarchy.num_classes[0] - 1} ({len(out_of_range)} such examples)")
+    wrong = np.flatnonzero((labels != hierarchy.ancestors[fine]).any(1))
+    if wrong.size:
+        i = int(wrong[0])
+        raise DataError(
+            f"{source.name}: example {i} ({source[i]['name']}) has labels "
+            f"{labels[i].tolist()}, but fine class "
+            f"{hierarchy.class_names[0][fine[i]]!r} lies under "
+            f"{hierarchy.ancestors[fine[i]].tolist()} in {hierarchy.source} "
+            f"({len(wrong)} such examples); the data and the hierarchy disagree")

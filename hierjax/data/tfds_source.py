@@ -13,6 +13,7 @@ import numpy as np
 from absl import logging
 
 from hierjax.hierarchy import Hierarchy
+from hierjax.errors import DataError
 
 _LABEL_CHUNK = 512  # records per read when collecting every label of a source
 
@@ -31,11 +32,11 @@ class TfdsSource:
         hierarchies = hierarchies_from_metadata(builder.info.metadata, str(builder.data_path))
         hierarchy_name = hierarchy_name or next(iter(hierarchies))
         if hierarchy_name not in hierarchies:
-            raise ValueError(
+            raise DataError(
                 f"config.data.hierarchy = {hierarchy_name!r} is not stored with {name}; "
                 f"choose one of {', '.join(hierarchies)}")
         if split not in builder.info.splits:
-            raise ValueError(
+            raise DataError(
                 f"{name} has no split {split!r} (config.data.train_split / eval_split); "
                 f"its splits are {', '.join(builder.info.splits)}")
         self.name = f"{name}/{split}"
@@ -59,8 +60,10 @@ class TfdsSource:
         return [self._record(r) for r in self._records.__getitems__(list(indices))]
 
     def _record(self, raw: dict) -> dict:
+        name = raw["filename"]
         return {"image": raw["image"], "labels": raw["labels"][self._hierarchy_name],
-                "bbox": np.asarray(raw["bbox"], np.float32)}
+                "bbox": np.asarray(raw["bbox"], np.float32),
+                "name": f"{self.name}:{name.decode() if isinstance(name, bytes) else name}"}
 
     @functools.cached_property
     def labels_Nxh(self) -> np.ndarray:

@@ -22,6 +22,7 @@ import numpy as np
 
 from hierjax.data import images
 from hierjax.data.sampler import AUGMENT_STREAM
+from hierjax.errors import DataError
 
 PAD = 4  # pixels of zero padding of "pad_crop"
 
@@ -62,40 +63,57 @@ def _decoded(image) -> np.ndarray:
     return np.asarray(images.decode(bytes(image)), np.uint8)
 
 
+class _Transform(grain.transforms.Map):
+    """Runs `_image(record)` and names the example in any error it raises."""
+
+    def __init__(self, settings: ImageSettings, class_names=()):
+        self.settings, self.class_names = settings, tuple(class_names)
+
+    def _named(self, record, make):
+        try:
+            return make()
+        except Exception as e:  # Pillow, OpenCV and numpy raise many types
+            fine = int(np.asarray(record["labels"])[0])
+            label = (f"class {self.class_names[fine]!r}" if fine < len(self.class_names)
+                     else f"class {fine}")
+            raise DataError(f"{record.get('name', 'an example')} ({label}) could not be "
+                            f"read: {type(e).__name__}: {e}. Remove or replace the file (check "
+                            "an image folder with `python -m hierjax.prepare image_folder "
+                            "--check`)") from e
+
+
 def _box(record, settings: ImageSettings):
     return record["bbox"] if settings.use_bbox else None
 
 
-class TrainTransform(grain.transforms.Map):
+class TrainTransform(_Transform):
     """record (with its global record number "g") -> augmented example."""
 
-    def __init__(self, settings: ImageSettings, seed: int):
-        self.settings, self.seed = settings, seed
+    def __init__(self, settings: ImageSettings, seed: int, class_names=()):
+        super().__init__(settings, class_names)
+        self.seed = seed
 
     def map(self, record: dict) -> dict:
         s = self.settings
         rng = np.random.default_rng([self.seed, AUGMENT_STREAM, record["g"]])
         if s.train_crop == "pad_crop":
-            image = pad_crop_flip(_decoded(record["image"]), rng)
+            image = self._named(record, lambda: pad_crop_flip(_decoded(record["image"]), rng))
         else:
-            image = images.train_image(bytes(record["image"]), rng, size=s.size,
-                                       resize=s.resize, crop=s.train_crop,
-                                       min_scale=s.min_scale, box=_box(record, s))
+            image = self._named(record, lambda: images.train_image(
+                bytes(record["image"]), rng, size=s.size, resize=s.resize,
+                crop=s.train_crop, min_scale=s.min_scale, box=_box(record, s)))
         return {"image": image, "labels": np.asarray(record["labels"], np.int32)}
 
 
-class EvalTransform(grain.transforms.Map):
+class EvalTransform(_Transform):
     """record (with "valid") -> unaugmented example."""
-
-    def __init__(self, settings: ImageSettings):
-        self.settings = settings
 
     def map(self, record: dict) -> dict:
         s = self.settings
         if s.train_crop == "pad_crop":
-            image = _decoded(record["image"])
+            image = self._named(record, lambda: _decoded(record["image"]))
         else:
-            image = images.eval_image(bytes(record["image"]), size=s.size, resize=s.resize,
-                                      box=_box(record, s))
+            image = self._named(record, lambda: images.eval_image(
+                bytes(record["image"]), size=s.size, resize=s.resize, box=_box(record, s)))
         return {"image": image, "labels": np.asarray(record["labels"], np.int32),
                 "valid": np.bool_(record["valid"])}

@@ -39,6 +39,8 @@ from pathlib import Path
 
 import numpy as np
 
+from hierjax.errors import HierarchyError, HierarchyNotFound
+
 _INTEGER = re.compile(r"-?[0-9]+")
 _NUMBERED = re.compile(r"^[0-9]+\.")  # the `001.` of CUB class directories
 
@@ -59,14 +61,14 @@ class Hierarchy:
         object.__setattr__(self, "class_names", tuple(map(tuple, self.class_names)))
         where = self.source
         if not self.level_names:
-            raise ValueError(f"{where}: a hierarchy needs at least one level (the fine one)")
+            raise HierarchyError(f"{where}: a hierarchy needs at least one level (the fine one)")
         for level in self.level_names:
             if not isinstance(level, str) or not level.strip():
-                raise ValueError(f"{where}: level names must be non-empty, got {level!r}")
+                raise HierarchyError(f"{where}: level names must be non-empty, got {level!r}")
         if len(set(self.level_names)) != len(self.level_names):
-            raise ValueError(f"{where}: level names must be unique, got {self.level_names}")
+            raise HierarchyError(f"{where}: level names must be unique, got {self.level_names}")
         if len(self.class_names) != len(self.level_names):
-            raise ValueError(
+            raise HierarchyError(
                 f"{where}: {len(self.level_names)} level names {self.level_names} but "
                 f"{len(self.class_names)} lists of class names; give one per level"
             )
@@ -75,16 +77,16 @@ class Hierarchy:
 
         ancestors = np.asarray(self.ancestors)
         if ancestors.dtype.kind not in "iu":
-            raise ValueError(f"{where}: ancestors must be integer ids, got {ancestors.dtype}")
+            raise HierarchyError(f"{where}: ancestors must be integer ids, got {ancestors.dtype}")
         ancestors = ancestors.astype(np.int64)  # np.bincount refuses uint64
         expected = (len(self.class_names[0]), len(self.level_names))
         if ancestors.shape != expected:
-            raise ValueError(
+            raise HierarchyError(
                 f"{where}: ancestors has shape {ancestors.shape}, expected {expected}: "
                 f"one row per fine class, one column per level of {self.level_names}"
             )
         if not np.array_equal(ancestors[:, 0], np.arange(expected[0])):
-            raise ValueError(
+            raise HierarchyError(
                 f"{where}: ancestors[:, 0] must be 0..{expected[0] - 1} in order "
                 "(row c is the path of fine class c, which starts at c itself)"
             )
@@ -103,14 +105,14 @@ class Hierarchy:
         bad = np.flatnonzero((column < 0) | (column >= len(names)))
         if bad.size:
             c = bad[0]
-            raise ValueError(
+            raise HierarchyError(
                 f"{self.source}: fine class {self.class_names[0][c]!r} has {level!r} id "
                 f"{column[c]}, outside 0..{len(names) - 1} ({len(names)} {level!r} classes)"
             )
         counts = np.bincount(column, minlength=len(names))
         empty = [names[i] for i in np.flatnonzero(counts == 0)]
         if empty:
-            raise ValueError(
+            raise HierarchyError(
                 f"{self.source}: level {level!r} has class(es) {_few(empty)} "
                 "with no fine class under them; remove them or assign fine classes to them"
             )
@@ -125,7 +127,7 @@ class Hierarchy:
             f1 = first[child[f2]]
             level, up = self.level_names[l], self.level_names[l + 1]
             fine, parents = self.class_names[0], self.class_names[l + 1]
-            raise ValueError(
+            raise HierarchyError(
                 f"{self.source}: not a tree: {level!r} class "
                 f"{self.class_names[l][child[f2]]!r} has two parents at level {up!r}: "
                 f"{parents[parent[f1]]!r} (via fine class {fine[f1]!r}) and "
@@ -160,12 +162,12 @@ class Hierarchy:
         """The map fine id -> level id, int32 [C_1], for a level index or name."""
         if isinstance(level, str):
             if level not in self.level_names:
-                raise ValueError(
+                raise HierarchyError(
                     f"{self.source}: no level {level!r}; the levels are {self.level_names}"
                 )
             level = self.level_names.index(level)
         if not 0 <= level < self.num_levels:
-            raise ValueError(
+            raise HierarchyError(
                 f"{self.source}: no level {level}; the levels are "
                 f"0..{self.num_levels - 1} {self.level_names}"
             )
@@ -198,11 +200,11 @@ class Hierarchy:
     def _checked_fine(self, labels) -> np.ndarray:
         labels = np.asarray(labels)
         if labels.dtype.kind not in "iu":
-            raise ValueError(f"fine labels must be integers, got dtype {labels.dtype}")
+            raise HierarchyError(f"fine labels must be integers, got dtype {labels.dtype}")
         num_fine = self.num_classes[0]
         bad = labels[(labels < 0) | (labels >= num_fine)]
         if bad.size:
-            raise ValueError(
+            raise HierarchyError(
                 f"fine label {bad[0]} is out of range: {self.source} has {num_fine} "
                 f"fine classes, ids 0..{num_fine - 1}"
             )
@@ -221,9 +223,9 @@ class Hierarchy:
         """Two levels from a fine -> coarse id list (CIFAR-100's `fine_to_coarse`)."""
         parent_ids = np.asarray(parent_ids)
         if parent_ids.dtype.kind not in "iu":
-            raise ValueError(f"{source}: parent ids must be integers, got {parent_ids.dtype}")
+            raise HierarchyError(f"{source}: parent ids must be integers, got {parent_ids.dtype}")
         if parent_ids.shape != (len(fine_names),):
-            raise ValueError(
+            raise HierarchyError(
                 f"{source}: {len(fine_names)} fine class names but parent ids of shape "
                 f"{parent_ids.shape}; give one parent id per fine class"
             )
@@ -264,11 +266,11 @@ class Hierarchy:
         header, rows = _read_rows(path)
         names = tuple(header if columns is None else columns)
         if not names:
-            raise ValueError(f"{path}: columns is empty; name at least the fine column")
+            raise HierarchyError(f"{path}: columns is empty; name at least the fine column")
         for name in names:
             if header.count(name) != 1:
                 problem = "appears more than once" if name in header else "is not a column"
-                raise ValueError(
+                raise HierarchyError(
                     f"{path}: {name!r} {problem} in the header; the columns are "
                     f"{', '.join(map(repr, header))}"
                 )
@@ -278,7 +280,7 @@ class Hierarchy:
             cells = [row[header.index(name)] for _, row in rows]
             for line, cell in zip(lines, cells):
                 if not cell.strip():
-                    raise ValueError(f"{path}:{line}: empty cell in column {name!r}")
+                    raise HierarchyError(f"{path}:{line}: empty cell in column {name!r}")
             column_ids, column_names = _parse_column(path, name, cells, lines, level == 0)
             ids.append(column_ids)
             class_names.append(column_names)
@@ -304,20 +306,20 @@ class Hierarchy:
     def _check_writable(self) -> None:
         """Refuses to write what from_csv would read back differently."""
         if self.level_names[0].startswith("#"):
-            raise ValueError(
+            raise HierarchyError(
                 f"{self.source}: level name {self.level_names[0]!r} starts with '#', so "
                 "the header would read back as a comment; rename the fine level"
             )
         for l, (level, names) in enumerate(zip(self.level_names, self.class_names)):
             if all(_INTEGER.fullmatch(name) for name in names):
                 if names != tuple(str(i) for i in range(len(names))):
-                    raise ValueError(
+                    raise HierarchyError(
                         f"{self.source}: every {level!r} class name is an integer, so the "
                         "column would read back as ids, but the names are not the ids "
                         f"0..{len(names) - 1} in order; rename them (e.g. name = str(id))"
                     )
             elif l > 0 and list(names) != sorted(names):
-                raise ValueError(
+                raise HierarchyError(
                     f"{self.source}: the {level!r} class names are not in sorted order of "
                     "their ids, but from_csv numbers coarse classes in sorted name order; "
                     "renumber that level so that sorted names get ids 0, 1, ..."
@@ -326,10 +328,10 @@ class Hierarchy:
 
 def _check_class_names(where: str, level: str, names: tuple[str, ...]) -> None:
     if not names:
-        raise ValueError(f"{where}: level {level!r} has no classes")
+        raise HierarchyError(f"{where}: level {level!r} has no classes")
     for name in names:
         if not isinstance(name, str) or not name.strip():
-            raise ValueError(
+            raise HierarchyError(
                 f"{where}: class names must be non-empty strings; level {level!r} has "
                 f"{name!r}"
             )
@@ -339,7 +341,7 @@ def _check_class_names(where: str, level: str, names: tuple[str, ...]) -> None:
             if name in seen:
                 repeated.append(name)
             seen.add(name)
-        raise ValueError(
+        raise HierarchyError(
             f"{where}: level {level!r} has duplicate class names {_few(repeated)}; "
             "class names must be unique within a level"
         )
@@ -366,22 +368,22 @@ def _read_rows(path: str | Path) -> tuple[list[str], list[tuple[int, list[str]]]
         with open(path, encoding="utf-8-sig", newline="") as f:
             lines = f.readlines()
     except FileNotFoundError:
-        raise FileNotFoundError(f"hierarchy file not found: {path}") from None
+        raise HierarchyNotFound(f"hierarchy file not found: {path}") from None
     except UnicodeDecodeError as e:
-        raise ValueError(f"{path} is not UTF-8 text ({e}); save it as UTF-8") from None
+        raise HierarchyError(f"{path} is not UTF-8 text ({e}); save it as UTF-8") from None
     skip = 0
     while skip < len(lines) and lines[skip].startswith("#"):
         skip += 1
     reader = csv.reader(lines[skip:])
     rows = [(skip + reader.line_num, cells) for cells in reader if cells]
     if not rows:
-        raise ValueError(f"{path}: no header row; after the comments, name the levels")
+        raise HierarchyError(f"{path}: no header row; after the comments, name the levels")
     (_, header), rows = rows[0], rows[1:]
     if not rows:
-        raise ValueError(f"{path}: no data rows after the header; add one per fine class")
+        raise HierarchyError(f"{path}: no data rows after the header; add one per fine class")
     for line, cells in rows:
         if len(cells) != len(header):
-            raise ValueError(
+            raise HierarchyError(
                 f"{path}:{line}: {len(cells)} cells, but the header has {len(header)} "
                 f"columns ({', '.join(header)})"
             )
@@ -401,7 +403,7 @@ def _parse_column(
     first_line = {}
     for line, name in zip(lines, cells):
         if name in first_line:
-            raise ValueError(
+            raise HierarchyError(
                 f"{path}:{line}: fine class {name!r} already appears on line "
                 f"{first_line[name]}; fine class names must be unique"
             )
@@ -424,7 +426,7 @@ def _check_id_column(path, column: str, ids: np.ndarray, fine: bool) -> None:
         problems.append(f"repeated {_few(values[counts > 1].tolist())}")
     if problems:
         each = "once each, one per row" if fine else "every one used"
-        raise ValueError(
+        raise HierarchyError(
             f"{path}: column {column!r} holds integer ids, so they must be exactly "
             f"0..{num - 1} ({each}), but: {'; '.join(problems)}. Renumber them from 0 "
             "(subtract 1 from 1-based ids), or pick a column of names with columns=(...)"

@@ -74,6 +74,7 @@ from absl import logging
 from flax import traverse_util
 
 from hierjax.models import BACKBONE_PARAMS, resnet, vgg
+from hierjax.errors import PretrainedError, PretrainedNotFound
 
 CONFIG_KEY = "config.model.pretrained"
 TORCH_SUFFIXES = (".pth", ".pt", ".bin")
@@ -111,7 +112,7 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
     """
     path = pathlib.Path(path)
     if not path.is_file():
-        raise FileNotFoundError(
+        raise PretrainedNotFound(
             f"pretrained weights file {str(path)!r} does not exist: fix {CONFIG_KEY}, "
             f"or set it to '' to train from scratch"
         )
@@ -120,7 +121,7 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
     elif path.suffix in TORCH_SUFFIXES:
         tensors = _read_torch(path)
     else:
-        raise ValueError(
+        raise PretrainedError(
             f"{CONFIG_KEY}={str(path)!r}: unknown file type {path.suffix!r}; "
             f"use .safetensors or one of {list(TORCH_SUFFIXES)}"
         )
@@ -144,7 +145,7 @@ def _read_torch(path: pathlib.Path) -> dict[str, np.ndarray]:
     arrays = {}
     for key, value in state_dict.items():
         if not isinstance(value, torch.Tensor):
-            raise ValueError(
+            raise PretrainedError(
                 f"{str(path)!r} ({CONFIG_KEY}) is no state dict: {key!r} holds a "
                 f"{type(value).__name__}, not a tensor"
             )
@@ -225,7 +226,7 @@ def _architecture(model_config: Any) -> tuple[Callable[[tuple[str, ...]], str], 
         if name == "googlenet":
             return _googlenet_module, ("fc.", "aux1.fc2.", "aux2.fc2.", *aux)
         return ".".join, ("fc.", "AuxLogits.fc.", *aux)
-    raise ValueError(
+    raise PretrainedError(
         f"config.model.name={name!r} has no torchvision/timm pretrained weights to load; "
         f"set {CONFIG_KEY}='' or use a resnet, vgg, alexnet, googlenet or inception_v3 name"
     )
@@ -377,7 +378,7 @@ def _check(
         if differing:
             message += (f"\nThe file looks like {_format(guess)}: set that, or point "
                         f"{CONFIG_KEY} at a file for this model.")
-    raise ValueError(message)
+    raise PretrainedError(message)
 
 
 # --------------------------------------------------------------------------- loading

@@ -5,7 +5,10 @@ One module a dataset (its docstring gives the official archive layout and counts
 `dogs` (Stanford Dogs) and `nabirds` (its hierarchy is read from the archive).
 
 `python -m hierjax.prepare <dataset> --manual_dir=DIR --data_dir=DIR` prepares one from
-its official archive(s); `builder(name, data_dir)` opens a prepared one. The stored
+its official archive(s); `builder(name, data_dir)` opens a prepared one.
+`python -m hierjax.prepare image_folder --check ROOT --hierarchy tree.csv` checks a folder
+of your own images (every file decodes, every class has images, folders match the CSV)
+and exits 1 listing every problem. The stored
 example layout is in `hierjax.prepare.common`. Only the builder modules import
 tensorflow_datasets, and only the file-backed input path imports them.
 """
@@ -16,6 +19,8 @@ import argparse
 import importlib
 import os
 import sys
+
+from hierjax.errors import MissingDataError
 
 # hierjax dataset name -> "module:Builder class"
 BUILDERS = {
@@ -42,7 +47,7 @@ def builder(name: str, data_dir: str):
     """The builder of `name` over data_dir, which must hold the prepared dataset."""
     b = builder_class(name)(data_dir=data_dir)
     if not b.is_prepared():
-        raise FileNotFoundError(
+        raise MissingDataError(
             f"dataset {name!r} is not prepared in {data_dir} (config.data.data_dir): "
             f"no {b.data_path}. Prepare it once with\n"
             f"  python -m hierjax.prepare {name} --manual_dir=DIR_WITH_ARCHIVES "
@@ -50,15 +55,41 @@ def builder(name: str, data_dir: str):
     return b
 
 
+def check_image_folder(root: str, hierarchy_csv: str, splits: str) -> int:
+    """Prints every problem of an image folder (hierjax.data.folder_source.check_folder);
+    returns the exit status: 0 when there is none, 1 otherwise."""
+    from hierjax.data.folder_source import check_folder
+
+    def progress(done, total):
+        if done == total or done % 500 == 0:
+            print(f"\rchecked {done}/{total} images", end="\n" if done == total else "",
+                  file=sys.stderr, flush=True)
+
+    problems = check_folder(root, hierarchy_csv, tuple(splits.split(",")), progress=progress)
+    for line in problems:
+        print(line)
+    print(f"{len(problems)} problem(s) in {root}" if problems
+          else f"{root}: every image decodes and every class has images")
+    return 1 if problems else 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m hierjax.prepare", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("dataset", nargs="?", choices=sorted(BUILDERS))
+    parser.add_argument("dataset", nargs="?", choices=sorted(BUILDERS) + ["image_folder"])
     parser.add_argument("--manual_dir", help="folder holding the official archive(s)")
     parser.add_argument("--data_dir", help="where the prepared dataset is written")
     parser.add_argument("--list", action="store_true",
                         help="print the archives each dataset needs and exit")
+    parser.add_argument("--check", metavar="ROOT",
+                        help="image_folder: check ROOT/<split>/<class>/* before training")
+    parser.add_argument("--hierarchy", help="image_folder: the hierarchy CSV")
+    parser.add_argument("--splits", default="train,test", help="image_folder: splits")
     args = parser.parse_args(argv)
+    if args.dataset == "image_folder":
+        if not (args.check and args.hierarchy):
+            parser.error("image_folder takes --check ROOT --hierarchy tree.csv")
+        return check_image_folder(args.check, args.hierarchy, args.splits)
     if args.list:
         for name in sorted(BUILDERS):
             print(f"{name}:\n{builder_class(name).MANUAL_DOWNLOAD_INSTRUCTIONS}\n")

@@ -28,10 +28,11 @@ from pathlib import Path
 import numpy as np
 import tensorflow_datasets as tfds
 
+from hierjax.errors import UserError
 from hierjax.hierarchy import Hierarchy
 
 
-class ArchiveError(ValueError):
+class ArchiveError(UserError, ValueError):
     """An official archive is missing, truncated or not the expected file."""
 
 
@@ -104,10 +105,10 @@ class Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         for the whole image. Other members are skipped; an ArchiveError when some listed
         image is missing (`listing`: the table that lists them).
         """
-        seen = 0
+        seen = set()
         for member, image in iter_tar(path, lambda m: m.startswith(prefix)):
             file = member[len(prefix):]
-            if file not in wanted:
+            if file not in wanted or file in seen:
                 continue  # another split's image, or e.g. a macOS resource fork
             name, fine, box = wanted[file]
             if box is None:
@@ -115,12 +116,18 @@ class Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
             else:
                 width, height = image_size(image, f"{path}:{member}")
                 bbox = bbox_from_corners(*box, width, height)
-            seen += 1
+            seen.add(file)
             yield name, self.example(image, fine, bbox, name)
-        if seen != len(wanted):
+        if len(seen) != len(wanted):
+            fine_names = next(iter(self._hierarchies_cached().values())).class_names[0]
+            missing = sorted(set(wanted) - seen)
+            listed = ", ".join(f"{prefix}{f} (class {fine_names[wanted[f][1]]})"
+                               for f in missing[:5])
+            more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
             raise ArchiveError(
                 f"{path}: {listing} lists {len(wanted)} {split} images but the archive "
-                f"holds {seen} of them; the archive is incomplete, download it again.")
+                f"holds {len(seen)} of them; missing: {listed}{more}. The archive is "
+                "incomplete: download it again.")
 
     def _hierarchies_cached(self) -> dict[str, Hierarchy]:
         if not hasattr(self, "_hierarchy_cache"):

@@ -1,0 +1,46 @@
+"""Errors the user can fix: a bad config, data, hierarchy, archive, checkpoint or workdir.
+
+`hierjax.main` (and the other commands) print such an error's message alone and exit
+with status 2; any other exception is a bug and keeps its traceback. Each class also
+derives from the built-in type callers would catch for it.
+"""
+
+
+class UserError(Exception):
+    """Something the user gave is wrong; the message says what and how to fix it."""
+
+
+class ConfigError(UserError, ValueError):
+    """An invalid config key, value or combination."""
+
+
+class PretrainedError(UserError, ValueError):
+    """A pretrained-weights file that is missing or does not fit the model."""
+
+
+class PretrainedNotFound(PretrainedError, FileNotFoundError):
+    """A pretrained-weights file that does not exist."""
+
+
+class DataError(UserError, ValueError):
+    """Unreadable, missing or inconsistent data (images, labels, folders)."""
+
+
+class MissingDataError(DataError, FileNotFoundError):
+    """A data folder or file that is not where the config says."""
+
+
+class HierarchyError(UserError, ValueError):
+    """An invalid hierarchy file or tree."""
+
+
+class HierarchyNotFound(HierarchyError, FileNotFoundError):
+    """A hierarchy file that does not exist."""
+
+
+class CheckpointError(UserError, RuntimeError):
+    """No usable checkpoint, or one that does not fit this run."""
+
+
+class WorkdirError(UserError, RuntimeError):
+    """The workdir is in use by another run, or holds another run's config."""
