@@ -116,6 +116,12 @@ class Checkpointer:
             cleanup_tmp_directories=True,
         )
         self._manager = ocp.CheckpointManager(self.directory, options=options)
+        # The manager removes half-written steps in a background thread that its close()
+        # does not join; a run that fails early (bad data) would then print that
+        # thread's traceback at exit. Wait for it here: it only lists a directory.
+        await_cleanup = getattr(self._manager, "_maybe_await_cleanup_tmp_directory", None)
+        if await_cleanup is not None:
+            await_cleanup()
 
     def _score(self, metrics: Mapping[str, float]) -> float:
         # Checkpoints from a run that ranked by another metric count as worst.

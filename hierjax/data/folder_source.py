@@ -48,22 +48,24 @@ def _hierarchy(hierarchy_csv: str) -> Hierarchy:
     return Hierarchy.from_csv(hierarchy_csv)
 
 
-def _listing(directory: Path, hierarchy: Hierarchy, hierarchy_csv: str):
-    """(image paths in sorted order, their fine ids, classes without images)."""
+def _listing(directory: Path, hierarchy: Hierarchy):
+    """(image paths in sorted order, their fine ids, classes without images, folders that
+    are not classes); the files of unknown folders are left out."""
     fine_id = {name: i for i, name in enumerate(hierarchy.class_names[0])}
     folders = sorted(p for p in directory.iterdir() if p.is_dir())
     unknown = [p.name for p in folders if p.name not in fine_id]
-    if unknown:
-        raise DataError(
-            f"{directory}: folders {unknown[:5]} ({len(unknown)} in all) are not fine "
-            f"classes of {hierarchy_csv}; rename them or add rows to the CSV")
     suffixes = image_suffixes()
-    paths = [f for p in folders for f in sorted(p.iterdir())
+    paths = [f for p in folders if p.name in fine_id for f in sorted(p.iterdir())
              if f.is_file() and f.suffix.lower() in suffixes]
     fine = np.array([fine_id[p.parent.name] for p in paths], np.int64)
     counts = np.bincount(fine, minlength=hierarchy.num_classes[0])
     empty = [hierarchy.class_names[0][c] for c in np.flatnonzero(counts == 0)]
-    return paths, fine, empty
+    return paths, fine, empty, unknown
+
+
+def _unknown_folders(directory: Path, unknown, hierarchy_csv: str) -> str:
+    return (f"{directory}: folders {unknown[:5]} ({len(unknown)} in all) are not fine "
+            f"classes of {hierarchy_csv}; rename them or add rows to the CSV")
 
 
 class ImageFolderSource:
@@ -74,7 +76,9 @@ class ImageFolderSource:
                  allow_missing_classes: bool = False):
         directory = _split_dir(root, split)
         self.hierarchy = _hierarchy(hierarchy_csv)
-        paths, fine, empty = _listing(directory, self.hierarchy, hierarchy_csv)
+        paths, fine, empty, unknown = _listing(directory, self.hierarchy)
+        if unknown:
+            raise DataError(_unknown_folders(directory, unknown, hierarchy_csv))
         if not paths:
             raise DataError(f"{directory} holds no images (no file with an extension Pillow "
                             "decodes)")
@@ -122,10 +126,12 @@ def check_folder(root: str, hierarchy_csv: str, splits=("train", "test"),
     for split in splits:
         try:
             directory = _split_dir(root, split)
-            paths, _, empty = _listing(directory, hierarchy, hierarchy_csv)
+            paths, _, empty, unknown = _listing(directory, hierarchy)
         except DataError as e:
             problems.append(str(e))
             continue
+        if unknown:
+            problems.append(_unknown_folders(directory, unknown, hierarchy_csv))
         problems += [f"{directory / name}: class {name!r} has no images" for name in empty]
         suffixes = image_suffixes()
         problems += [f"{f}: not an image file Pillow decodes (skipped in training)"
