@@ -274,8 +274,8 @@ def test_sigterm_is_acted_on_within_two_steps_with_a_labelled_summary(tmp_path, 
     # The signal arrives while step `signal_step` (0-based) is dispatched; the first
     # step boundary after it is signal_step + 1.
     assert signal_step + 1 <= saved <= signal_step + 2, saved
-    print(f"SIGTERM at step {signal_step}: saved step {saved}, {latency_s:.2f} s later")
     out = capsys.readouterr().out
+    print(f"SIGTERM at step {signal_step}: saved step {saved}, {latency_s:.2f} s later")
     assert result["step"] == 6  # the latest evaluation, not a new one
     assert f"Latest evaluation (step 6; training stopped by SIGTERM at step {saved})" in out
 
