@@ -1,4 +1,5 @@
-"""Training batches copied to the devices ahead of the step that reads them.
+"""Device placement for the pmapped steps: training batches copied to the devices
+ahead of the step that reads them, and the replicated train state.
 
 `DevicePrefetch(train_input, size=2)` keeps `size` batches on the devices (double
 buffering): the host-to-device copy of batch n + 1 is issued before step n has to wait
@@ -14,6 +15,25 @@ import collections
 import jax
 import numpy as np
 
+from hierjax.train_step import AXIS
+
+
+def pmap_sharding(devices=None) -> jax.NamedSharding:
+    """Entry i of the leading axis on device i, the layout `jax.pmap` reads, on a mesh
+    whose axis is the steps' axis name: the layout pmap's outputs have, so a state fed
+    back into the step keeps the compiled executable (another axis name recompiles it
+    once, e.g. 10 s for a small WRN on a CPU)."""
+    return jax.NamedSharding(jax.sharding.Mesh(np.array(devices or jax.local_devices()),
+                                               (AXIS,)), jax.P(AXIS))
+
+
+def replicate(tree, devices=None):
+    """One copy of every leaf of `tree` per device, laid out as pmap's outputs are."""
+    devices = devices or jax.local_devices()
+    stacked = jax.tree.map(lambda x: np.broadcast_to(np.asarray(x), (len(devices),
+                                                                     *np.shape(x))), tree)
+    return jax.device_put(stacked, pmap_sharding(devices))
+
 
 class DevicePrefetch:
     """Batches of `train_input` (a `hierjax.data.TrainInput`) as arrays on `devices`,
@@ -23,9 +43,7 @@ class DevicePrefetch:
         if size < 1:
             raise ValueError(f"size must be >= 1, got {size}")
         self._input, self._size = train_input, size
-        mesh = jax.sharding.Mesh(np.array(devices or jax.local_devices()), ("devices",))
-        # Entry i of the leading axis on device i: the layout jax.pmap reads.
-        self._sharding = jax.NamedSharding(mesh, jax.P("devices"))
+        self._sharding = pmap_sharding(devices)
         self._queue = collections.deque()  # (batch on devices, input state after it)
         self._state = train_input.get_state()
 

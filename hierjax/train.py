@@ -30,7 +30,7 @@ from hierjax import data, metrics, optim, settings as settings_lib
 from hierjax import workdir as workdir_lib
 from hierjax.checkpointing import Checkpointer, PreemptionFlag
 from hierjax.models import build_model
-from hierjax.prefetch import DevicePrefetch
+from hierjax.prefetch import DevicePrefetch, replicate
 from hierjax.profiling import StepProfiler, annotate
 from hierjax.reporting import MetricWriter, ProgressBar, summary_table
 from hierjax.train_step import AXIS, StepContext, eval_step, init_state, train_step
@@ -141,7 +141,7 @@ def _run(s, workdir: pathlib.Path, inputs: data.Input, checkpointer) -> dict[str
                         steps_per_epoch=plan.steps_per_epoch)
     state = _restore_or_init(s, ctx, inputs, checkpointer)
     start_step = int(state.step)
-    replicated = flax.jax_utils.replicate(state)
+    replicated = replicate(state)
     del state  # the replicated copy is the one that trains
     p_eval = jax.pmap(functools.partial(eval_step, ctx=dataclasses.replace(ctx, axis_name=None)))
     with MetricWriter(workdir, resumed_at=start_step) as writer:

@@ -1,6 +1,7 @@
 """The benchmark's per-class-pair loop baseline computes the same loss as glm_loss."""
 
 import functools
+import os
 
 import jax
 import numpy as np
@@ -39,3 +40,29 @@ def test_pipeline_benchmark_runs(capsys):
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| 0 |")]
     train_rate, per_worker, eval_rate = (float(x) for x in rows[-1].strip("| ").split(" | ")[1:])
     assert train_rate > 0 and per_worker == train_rate and eval_rate > 0
+
+
+def test_gpu_table_command_runs_end_to_end_on_cpu(tmp_path, capsys):
+    """`python -m hierjax.benchmarks.gpu` at tiny sizes: every section measures and the
+    table lands in the file, so the command is ready for the first GPU."""
+    from hierjax.benchmarks import gpu
+
+    output = tmp_path / "BENCHMARKS.md"
+    gpu.main(["--tiny", f"--output={output}"])
+    text = output.read_text()
+    assert "<!-- begin gpu-cpu -->" in text and "Skipped" not in text
+    for row in ("| WRN-10-1 | 8 | 4 | SM |", "| WRN-10-1 | 8 | 4 | OURS |", "| 128 | 2048 | 200 |",
+                "| `hierjax.main`, steady state |", "| bare pmapped train step |"):
+        assert row in text, text
+    pipeline_row = next(line for line in text.splitlines()
+                        if line.startswith(f"| {os.cpu_count()} |"))
+    assert float(pipeline_row.split("|")[2].replace(",", "")) > 0
+
+
+def test_peak_flops_table():
+    from hierjax.benchmarks.gpu import peak_flops
+
+    kind = lambda k: type("Device", (), {"device_kind": k})()  # noqa: E731
+    assert peak_flops(kind("NVIDIA H100 80GB HBM3")) == 989e12
+    assert peak_flops(kind("NVIDIA H100 PCIe")) == 756e12
+    assert peak_flops(kind("cpu")) is None

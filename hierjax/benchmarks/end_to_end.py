@@ -44,10 +44,11 @@ def _overrides(argv) -> list[str]:
     return [a for a in argv if a.startswith("--config.") or a.startswith("--config=")]
 
 
-def main_images_per_second(argv, tree: Path) -> float:
-    """Median steady-state img/s of one `hierjax.main` run of this command's config."""
+def main_images_per_second(argv, tree: Path, *, steps: int, log_every: int) -> float:
+    """Median steady-state img/s of one `hierjax.main` run of the `--config` flags in
+    `argv`: the training rows' `images_per_s` after the first two."""
     with tempfile.TemporaryDirectory() as workdir:
-        steps, every = _STEPS.value, _LOG_EVERY.value
+        every = log_every
         cmd = [sys.executable, "-m", "hierjax.main", f"--workdir={workdir}",
                *_overrides(argv), f"--config.num_steps={steps}",
                f"--config.log_every_steps={every}", f"--config.eval_every_steps={10**9}",
@@ -62,11 +63,10 @@ def main_images_per_second(argv, tree: Path) -> float:
 
 def bare_step_images_per_second(settings, steps: int) -> float:
     """img/s of the pmapped train step alone on one batch already on the devices."""
-    import flax.jax_utils
     import jax
 
     from hierjax import data, train
-    from hierjax.prefetch import DevicePrefetch
+    from hierjax.prefetch import DevicePrefetch, replicate
     from hierjax.train_step import AXIS, init_state, train_step
 
     inputs = data.build_input(settings, num_devices=jax.local_device_count())
@@ -74,7 +74,7 @@ def bare_step_images_per_second(settings, steps: int) -> float:
         batch = next(DevicePrefetch(inputs.train, size=1))
         ctx = train.build_context(settings, inputs.hierarchy, total_steps=10**6,
                                   steps_per_epoch=inputs.train.steps_per_epoch)
-        state = flax.jax_utils.replicate(init_state(jax.random.key(0), ctx, inputs.image_shape))
+        state = replicate(init_state(jax.random.key(0), ctx, inputs.image_shape))
     finally:
         inputs.close()
     step = jax.pmap(functools.partial(train_step, ctx=ctx), axis_name=AXIS,
@@ -96,7 +96,8 @@ def main(argv):
     tree = Path(_TREE.value or common.REPO_ROOT)
     e2e, bare = [], []
     for run in range(_RUNS.value):
-        e2e.append(main_images_per_second(sys.argv, tree))
+        e2e.append(main_images_per_second(sys.argv, tree, steps=_STEPS.value,
+                                          log_every=_LOG_EVERY.value))
         bare.append(bare_step_images_per_second(s, _STEPS.value // 2))
         print(f"run {run}: hierjax.main {e2e[-1]:.0f} img/s, bare step {bare[-1]:.0f} img/s",
               flush=True)

@@ -14,13 +14,13 @@ from __future__ import annotations
 import argparse
 import functools
 
-import flax.jax_utils
 import jax
 import numpy as np
 
 from hierjax import settings, train
 from hierjax.benchmarks import common
 from hierjax.hierarchy import Hierarchy
+from hierjax.prefetch import replicate
 from hierjax.train_step import AXIS, init_state, train_step
 
 # (model, image size, small-input stem, per-device batch on GPU, per-device batch on CPU)
@@ -29,23 +29,20 @@ ROWS = [("resnet50", 224, False, 256, 8), ("resnet50", 448, False, 64, 2),
 QUICK_ROWS = [("resnet18", 32, True, 64, 8)]
 
 
-def make_config(model, size, small_input, dtype, variant):
-    """Resolved settings of the row: GLM at the paper's lambda = 0.8 for OURS."""
+def make_config(model, size, small_input, dtype, variant, extra=None):
+    """Resolved settings of the row: GLM at the paper's lambda = 0.8 for OURS; `extra`
+    dotted keys on top (e.g. {"model.wrn_depth": 10})."""
     return settings.resolve(settings.set_keys(settings.base_config(), {
         "model.name": model, "model.small_input": small_input, "model.dtype": dtype,
         "data.image_size": size, "variant": variant,
-        "loss.glm_weight": 0.8 if variant == "OURS" else None}))
+        "loss.glm_weight": 0.8 if variant == "OURS" else None, **(extra or {})}))
 
 
-def benchmark_row(model, size, small_input, per_device, dtype, variant, steps):
+def benchmark_row(model, size, small_input, per_device, dtype, variant, steps, extra=None):
     """Images per second of the pmapped train step (median step time)."""
     num_devices = jax.local_device_count()
-    # 200 fine / 40 / 10 classes: CUB-sized heads.
-    hierarchy = Hierarchy(level_names=("fine", "mid", "top"),
-                          class_names=tuple(tuple(map(str, range(n))) for n in (200, 40, 10)),
-                          ancestors=np.stack([np.arange(200), np.arange(200) // 5,
-                                              np.arange(200) // 20], 1).astype(np.int32))
-    config = make_config(model, size, small_input, dtype, variant)
+    hierarchy = _cub_sized_hierarchy()  # 200 fine / 40 / 10 classes: CUB-sized heads
+    config = make_config(model, size, small_input, dtype, variant, extra)
     ctx = train.build_context(config, hierarchy, total_steps=1000, steps_per_epoch=100)
     state = init_state(jax.random.key(0), ctx, (size, size, 3))
     rng = np.random.default_rng(0)
@@ -56,7 +53,7 @@ def benchmark_row(model, size, small_input, per_device, dtype, variant, steps):
     batch = jax.pmap(lambda x: x)(batch)  # on the devices, laid out as pmap wants it
     step = jax.pmap(functools.partial(train_step, ctx=ctx), axis_name=AXIS,
                     in_axes=(0, 0, None), donate_argnums=(0,))
-    replicated = flax.jax_utils.replicate(state)
+    replicated = replicate(state)
     key = jax.random.key(1)
     holder = [replicated]
 
@@ -66,6 +63,34 @@ def benchmark_row(model, size, small_input, per_device, dtype, variant, steps):
 
     ms = common.time_ms(run, repeats=steps, warmup=2)
     return num_devices * per_device / (ms / 1e3), ms
+
+
+def step_flops(model, size, small_input, per_device, dtype, variant, extra=None) -> float:
+    """FLOPs of one device's train step at a per-device batch, from XLA's cost analysis
+    of the compiled step (the same computation `benchmark_row` times)."""
+    hierarchy = _cub_sized_hierarchy()
+    config = make_config(model, size, small_input, dtype, variant, extra)
+    ctx = train.build_context(config, hierarchy, total_steps=1000, steps_per_epoch=100)
+    state = jax.eval_shape(lambda: init_state(jax.random.key(0), ctx, (size, size, 3)))
+    batch = {"image": jax.ShapeDtypeStruct((per_device, size, size, 3), np.uint8),
+             "labels": jax.ShapeDtypeStruct((per_device, 3), np.int32)}
+    # One device's computation: the pmapped step over a one-device axis.
+    step = jax.pmap(functools.partial(train_step, ctx=ctx), axis_name=AXIS,
+                    in_axes=(0, 0, None), devices=jax.local_devices()[:1])
+    add_axis = lambda x: jax.ShapeDtypeStruct((1, *x.shape), x.dtype)  # noqa: E731
+    compiled = step.lower(jax.tree.map(add_axis, state), jax.tree.map(add_axis, batch),
+                          jax.random.key(1)).compile()
+    analysis = compiled.cost_analysis()
+    if isinstance(analysis, list):  # older jax: one dict per computation
+        analysis = analysis[0]
+    return float(analysis.get("flops", float("nan")))
+
+
+def _cub_sized_hierarchy() -> Hierarchy:
+    return Hierarchy(level_names=("fine", "mid", "top"),
+                     class_names=tuple(tuple(map(str, range(n))) for n in (200, 40, 10)),
+                     ancestors=np.stack([np.arange(200), np.arange(200) // 5,
+                                         np.arange(200) // 20], 1).astype(np.int32))
 
 
 def _rate(images_per_s):
