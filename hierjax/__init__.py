@@ -7,6 +7,9 @@ decoding workers) never import JAX.
 import importlib
 
 _PUBLIC = {
+    # The inference wrapper (load an exported model, predict); the flax module of the
+    # network is hierjax.models.Classifier.
+    "Classifier": "hierjax.inference",
     "Hierarchy": "hierjax.hierarchy",
     "GLMStatistics": "hierjax.losses",
     "cascaded_softmax_loss": "hierjax.losses",

@@ -13,6 +13,13 @@ arrays against their checksums, and their finiteness; `restore_newest_good` sets
 checkpoint that fails aside (moved, not deleted, with one log line saying why) and
 falls back to the next newest.
 
+Several processes (jax.distributed): every process creates the Checkpointer and calls
+`save` at the same steps, as orbax's CheckpointManager requires (it synchronises them at
+barriers); the state is the same host copy on every process and orbax writes numpy
+arrays and JSON items from process 0 only, which also deletes old steps and writes
+FILES.json. The directory must be one every process sees. `restore_newest_good` is
+decided by process 0 and followed by the others (its docstring).
+
 Typical loop:
 
     ckpt = Checkpointer(workdir / "checkpoints", save_interval_steps=1000,
@@ -53,6 +60,7 @@ from hierjax.errors import CheckpointError
 
 INTEGRITY = "integrity"
 FILES = "FILES.json"
+_NONE, _FAILED = -1, -2  # restore_newest_good's decisions other than a step
 
 
 class Checkpointer:
@@ -62,7 +70,8 @@ class Checkpointer:
       directory: where step directories go (created if missing), e.g.
         `workdir/checkpoints`.
       save_interval_steps: `save` writes when step % save_interval_steps == 0
-        (or when forced, or at a multi-host preemption sync point).
+        (or when forced, or at a preemption sync point of JAX's preemption service,
+        which hierjax's multi-process runs leave off: hierjax.distributed).
       max_to_keep: how many of the most recent checkpoints to keep (>= 1, so
         there is always something to resume from).
       keep_best: additionally keep this many checkpoints with the highest
@@ -71,6 +80,9 @@ class Checkpointer:
       best_metric: key of the `metrics` dict that ranks checkpoints (higher is better).
       async_save: write in a background thread; `save` only blocks for the
         device-to-host copy, so the state may be donated right after it returns.
+      read_only: open another run's checkpoints to restore from (e.g.
+        config.model.init_from): nothing is created, cleaned up, saved, sealed or set
+        aside there; `restore_newest_good` skips a step that fails instead of moving it.
     """
 
     def __init__(
@@ -82,6 +94,7 @@ class Checkpointer:
         keep_best: int = 0,
         best_metric: str = "top1/0",
         async_save: bool = True,
+        read_only: bool = False,
     ):
         if save_interval_steps < 1 or max_to_keep < 1 or keep_best < 0:
             raise ValueError(
@@ -89,6 +102,7 @@ class Checkpointer:
                 f"keep_best >= 0; got {save_interval_steps}, {max_to_keep}, {keep_best}."
             )
         self.directory = epath.Path(directory)
+        self.read_only = read_only
         self._best_metric = best_metric
         keep = [policies.LatestN(n=max_to_keep)]
         if keep_best:
@@ -113,15 +127,35 @@ class Checkpointer:
             best_mode="max",
             enable_async_checkpointing=async_save,
             # Removes half-written steps left by a job killed while saving.
-            cleanup_tmp_directories=True,
+            cleanup_tmp_directories=not read_only,
+            **(dict(read_only=True, create=False, save_interval_steps=0) if read_only
+               else {}),
         )
         self._manager = ocp.CheckpointManager(self.directory, options=options)
+        self._own_reader = None  # see _reader
         # The manager removes half-written steps in a background thread that its close()
         # does not join; a run that fails early (bad data) would then print that
         # thread's traceback at exit. Wait for it here: it only lists a directory.
         await_cleanup = getattr(self._manager, "_maybe_await_cleanup_tmp_directory", None)
         if await_cleanup is not None:
             await_cleanup()
+
+    def _reader(self) -> ocp.CheckpointManager:
+        """The manager `restore` reads with. With several processes, a read-only one of
+        this process alone: the run's manager would wait at a barrier for every process
+        after each read, but process 0 tries checkpoints alone (`restore_newest_good`)."""
+        if jax.process_count() == 1:
+            return self._manager
+        if self._own_reader is None:
+            me = jax.process_index()
+            with _quiet_orbax():  # (it warns that the directory is read-only)
+                self._own_reader = ocp.CheckpointManager(
+                    self.directory, options=ocp.CheckpointManagerOptions(
+                        read_only=True, create=False, save_interval_steps=0,
+                        multiprocessing_options=ocp.options.MultiprocessingOptions(
+                            primary_host=me, active_processes={me})))
+        self._own_reader.reload()  # steps written since
+        return self._own_reader
 
     def _score(self, metrics: Mapping[str, float]) -> float:
         # Checkpoints from a run that ranked by another metric count as worst.
@@ -143,6 +177,8 @@ class Checkpointer:
         disk is skipped, so a forced save right after a periodic one is harmless.
         A state with a NaN or infinity raises FloatingPointError and writes nothing.
         """
+        if self.read_only:
+            raise RuntimeError(f"{self.directory} was opened read-only; it saves nothing")
         if step in self._manager.all_steps():
             return False
         if metrics is not None:
@@ -215,9 +251,12 @@ class Checkpointer:
             damaged = _check_files(step_dir)
             if damaged:
                 raise CheckpointError(f"step {step} is damaged: {damaged}")
-        # orbax accepts numpy arrays but not numpy scalars as restore targets.
+        # orbax accepts numpy arrays but not numpy scalars as restore targets. With
+        # several processes each restores a host copy on its own (`_reader`).
+        host_copy = jax.process_count() > 1
         template = jax.tree.map(
-            lambda x: np.asarray(x) if isinstance(x, np.generic) else x, state_template
+            lambda x: np.asarray(x) if isinstance(x, np.generic) or host_copy and
+            isinstance(x, jax.Array) else x, state_template
         )
         verified = (step_dir / INTEGRITY).exists()
         if verified:
@@ -233,7 +272,7 @@ class Checkpointer:
             items[INTEGRITY] = ocp.args.JsonRestore()
         try:
             with _quiet_orbax():
-                restored = self._manager.restore(step, args=ocp.args.Composite(**items))
+                restored = self._reader().restore(step, args=ocp.args.Composite(**items))
         except Exception as e:  # orbax/tensorstore raise many types; one line of cause
             raise CheckpointError(f"step {step} could not be read: {_first_line(e)}") from e
         host = jax.device_get(restored.state)
@@ -250,11 +289,58 @@ class Checkpointer:
                                   f"arrays (first: {bad[0]})")
         return restored.state, restored.data
 
+    def recorded_arrays(self) -> dict[str, dict] | None:
+        """The integrity record ({tree path: {"shape", "dtype", "crc32"}}) of the newest
+        step that has a readable one, or None: what the checkpoints hold, without reading
+        their arrays (e.g. to build a restore template for another run's state)."""
+        for step in sorted(self._manager.all_steps(), reverse=True):
+            record = _read_record(self.directory / str(step))
+            if record is not None:
+                return record
+        return None
+
     def restore_newest_good(self, state_template: Any) -> tuple[Any, dict, int] | None:
         """(state, data_state, step) of the newest checkpoint that restores and verifies,
         or None when there is none. Each newer one that fails is moved to
         `<directory>_set_aside/<step>` (with a REASON.txt) and named in one log line;
-        if every checkpoint fails, CheckpointError lists them all."""
+        if every checkpoint fails, CheckpointError lists them all.
+
+        With several processes (all of them call this), process 0 tries the checkpoints
+        and sets the bad ones aside, then tells the others which step it chose; they
+        read and verify that one, and if any process fails, every process raises."""
+        if jax.process_count() == 1:
+            return self._newest_good_here(state_template)
+        from hierjax import distributed
+
+        chosen, result, error = _NONE, None, None
+        if jax.process_index() == 0:
+            try:
+                result = self._newest_good_here(state_template)
+                chosen = _NONE if result is None else result[2]
+            except CheckpointError as e:
+                chosen, error = _FAILED, e
+        chosen = distributed.broadcast_from_primary(chosen)
+        if jax.process_index() != 0:
+            self._manager.reload()  # process 0 may have set steps aside
+            if chosen == _FAILED:
+                error = CheckpointError(f"process 0 found no usable checkpoint in "
+                                        f"{self.directory} (its error says why)")
+            elif chosen != _NONE:
+                try:
+                    result = (*self.restore(state_template, chosen), chosen)
+                except CheckpointError as e:
+                    error = CheckpointError(f"process {jax.process_index()} could not read "
+                                            f"the checkpoint process 0 chose: {e}")
+        failed = distributed.all_processes_ok(error is None)
+        if error is not None:
+            raise error
+        if failed:
+            raise CheckpointError(f"process(es) {failed} could not read step {chosen} of "
+                                  f"{self.directory} (their errors say why); is the workdir "
+                                  "on a filesystem every host sees?")
+        return result
+
+    def _newest_good_here(self, state_template: Any) -> tuple[Any, dict, int] | None:
         tried = []
         for step in sorted(self._manager.all_steps(), reverse=True):
             try:
@@ -262,12 +348,20 @@ class Checkpointer:
             except CheckpointMismatch:
                 raise  # the run, not the checkpoint, is wrong: set nothing aside
             except CheckpointError as e:
+                if self.read_only:
+                    logging.warning("Checkpoint %s: %s; trying the one before (left in "
+                                    "place: opened read-only).", self.directory / str(step), e)
+                    tried.append(f"{step} ({e})")
+                    continue
                 where = self.set_aside(step, str(e))
                 logging.warning("Checkpoint %s: %s; moved to %s, trying the one before.",
                                 self.directory / str(step), e, where)
                 tried.append(f"{step} ({e})")
                 continue
             return state, data, step
+        if tried and self.read_only:
+            raise CheckpointError(f"no usable checkpoint in {self.directory}; tried, newest "
+                                  f"first: {'; '.join(tried)}")
         if tried:
             raise CheckpointError(
                 f"no usable checkpoint in {self.directory}; tried, newest first: "
@@ -299,7 +393,7 @@ class Checkpointer:
     def _seal_finished_steps(self) -> None:
         """Writes FILES.json into every completely written step that lacks one."""
         self._manager.wait_until_finished()
-        if jax.process_index() != 0:
+        if jax.process_index() != 0 or self.read_only:
             return
         for step in self._manager.all_steps():
             step_dir = self.directory / str(step)
@@ -310,6 +404,8 @@ class Checkpointer:
         """Waits for pending saves and releases orbax's threads."""
         self.wait()
         self._manager.close()
+        if self._own_reader is not None:
+            self._own_reader.close()
 
     def __enter__(self) -> "Checkpointer":
         return self
@@ -337,15 +433,25 @@ class CheckpointMismatch(CheckpointError):
     """A sound checkpoint whose arrays do not fit the state being restored."""
 
 
-def _fit(template, step_dir) -> str:
-    """'' when the template's arrays have the paths and shapes of the checkpoint's (as
-    its integrity record lists them), else the first difference in words."""
+def _read_record(step_dir) -> dict[str, dict] | None:
+    """A step's integrity record ({tree path: {"shape", "dtype", "crc32"}}), or None
+    when it has none or it cannot be read."""
     record_dir = step_dir / INTEGRITY
+    if not record_dir.exists():
+        return None
     files = [f for f in record_dir.iterdir() if f.is_file() and not f.name.startswith(".")
              and f.name != "commit_success.txt"]
     try:
-        written = json.loads(files[0].read_text())
+        return json.loads(files[0].read_text())
     except (IndexError, ValueError, OSError):
+        return None
+
+
+def _fit(template, step_dir) -> str:
+    """'' when the template's arrays have the paths and shapes of the checkpoint's (as
+    its integrity record lists them), else the first difference in words."""
+    written = _read_record(step_dir)
+    if written is None:
         return ""  # unreadable: left to the integrity check after reading
     leaves = {jax.tree_util.keystr(p): x for p, x in jax.tree_util.tree_leaves_with_path(template)}
     for name in sorted(set(leaves) | set(written)):
@@ -433,9 +539,9 @@ class PreemptionFlag:
     Schedulers send SIGTERM some time before killing a job. Instead of dying
     mid-step, the loop sees the flag, saves with `force=True`, waits for the write
     and exits. Signal handlers can only be installed from the main thread, so
-    create this there. Single-process jobs only: on multi-host jobs the hosts
-    must agree on the step, which orbax's preemption sync point (already part of
-    the Checkpointer's save policy) handles. `close()` restores the previous handler.
+    create this there. The flag is this process's only: with several processes they
+    must stop after the same step, which `hierjax.distributed.StopAgreement` decides
+    from every process's flag. `close()` restores the previous handler.
     """
 
     def __init__(self, signals=(signal.SIGTERM,)):

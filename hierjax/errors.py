@@ -44,3 +44,15 @@ class CheckpointError(UserError, RuntimeError):
 
 class WorkdirError(UserError, RuntimeError):
     """The workdir is in use by another run, or holds another run's config."""
+
+
+class InitFromError(UserError, ValueError):
+    """config.model.init_from names no usable run, or one whose model does not fit."""
+
+
+class DistributedError(UserError, RuntimeError):
+    """The processes of a multi-process run cannot reach each other or disagree."""
+
+
+class ModelError(UserError, ValueError):
+    """An exported model folder that is missing a file or does not fit its own config."""

@@ -1,15 +1,16 @@
 """Entry point: `python -m hierjax.main --config=configs/FILE.py[:ARGS] --workdir=DIR`.
 
 Any config key can be overridden with `--config.KEY=VALUE` (every key: hierjax/settings.py).
-Under SLURM (or with config.distributed.initialize) JAX's multi-process runtime is
-initialised first, one process per GPU. Errors in what the user gave (config, data,
-hierarchy, archive, checkpoint, workdir: `hierjax.errors.UserError`) print their message
-alone and exit with status 2; a training that diverges prints its message and exits 1.
+Under SLURM with several tasks, or with config.distributed.coordinator / num_processes /
+process_id (or config.distributed.initialize), JAX's multi-process runtime is initialised
+first (`hierjax.distributed`). Errors in what the user gave (config, data, hierarchy,
+archive, checkpoint, workdir: `hierjax.errors.UserError`) print their message alone and
+exit with status 2; a training that diverges prints its message and exits 1.
 """
 
 import logging as py_logging
-import os
 import sys
+import traceback
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -24,19 +25,8 @@ _ALLOW_CONFIG_CHANGE = flags.DEFINE_bool(
     "(recorded in WORKDIR/config_changes.jsonl).")
 flags.mark_flags_as_required(["config", "workdir"])
 
-USAGE_ERROR = 2
-
-
-class _QuietOrbax(py_logging.Filter):
-    """Drops orbax's per-save INFO chatter; its warnings and errors still show."""
-
-    def filter(self, record):
-        return record.levelno >= py_logging.WARNING or "/orbax/" not in record.pathname
-
-
-def _fail(message: str, status: int = USAGE_ERROR):
-    print(f"error: {message}", file=sys.stderr)
-    sys.exit(status)
+# Shared with the other commands (evaluate, export, predict).
+from hierjax.cli import USAGE_ERROR, QuietOrbax as _QuietOrbax, fail as _fail  # noqa: E402,F401
 
 
 def _check_override_keys(argv) -> None:
@@ -84,17 +74,17 @@ def main(argv):
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     import jax  # after flag parsing, so --help is fast
 
-    from hierjax import settings, train
+    from hierjax import distributed, train
+    from hierjax.errors import UserError
 
     py_logging.getLogger("absl").addFilter(_QuietOrbax())
     resolved = resolved_settings()
-    if resolved.distributed.initialize or "SLURM_JOB_ID" in os.environ and int(
-            os.environ.get("SLURM_NTASKS", "1")) > 1:
-        jax.distributed.initialize()
+    try:
+        distributed.initialize(resolved.distributed)
+    except UserError as e:
+        _fail(str(e))
     logging.info("JAX %s: process %d of %d, local devices %s", jax.__version__,
                  jax.process_index(), jax.process_count(), jax.local_devices())
-    from hierjax.errors import UserError
-
     try:
         train.train_and_evaluate(resolved, _WORKDIR.value,
                                  allow_config_change=_ALLOW_CONFIG_CHANGE.value)
@@ -102,6 +92,11 @@ def main(argv):
         _fail(str(e))
     except FloatingPointError as e:
         _fail(str(e), status=1)
+    except Exception:  # a bug: keep its traceback, but do not leave the others waiting
+        if not jax.distributed.is_initialized():
+            raise
+        traceback.print_exc()
+        distributed.exit_now(1)
 
 
 if __name__ == "__main__":

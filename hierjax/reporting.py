@@ -48,6 +48,7 @@ class ProgressBar:
       images_per_step: the global batch size, for images per second.
       every_s: seconds between printed lines.
       stream: where to write (default sys.stderr).
+      enabled: False prints nothing (the processes of a multi-process run but process 0).
     """
 
     def __init__(
@@ -58,7 +59,9 @@ class ProgressBar:
         images_per_step: int,
         every_s: float | None = None,
         stream: TextIO | None = None,
+        enabled: bool = True,
     ):
+        self._enabled = enabled
         self._stream = stream or sys.stderr
         self._tty = bool(getattr(self._stream, "isatty", lambda: False)())
         self._every_s = every_s if every_s is not None else (0.5 if self._tty else 60.0)
@@ -87,7 +90,7 @@ class ProgressBar:
     def close(self) -> None:
         """Prints the final state and ends the line."""
         self._print(self._line(time.monotonic()))
-        if self._tty:
+        if self._tty and self._enabled:
             self._stream.write("\n")
             self._stream.flush()
         self._drawn = ""
@@ -112,6 +115,8 @@ class ProgressBar:
         return " | ".join(fields)
 
     def _print(self, line: str) -> None:
+        if not self._enabled:
+            return
         if self._tty:
             # Pad with blanks so a shorter line fully covers the previous one.
             self._stream.write("\r" + line.ljust(len(self._drawn)))
@@ -129,10 +134,15 @@ class MetricWriter:
     under `workdir/tensorboard/<split>`, so train and eval curves of the same metric
     share a chart. `resumed_at` (the step of the checkpoint a run resumes from) drops the
     rows an earlier run wrote after that step, from the JSONL file and from TensorBoard,
-    since the resumed run writes them again. Create it on process 0 only.
+    since the resumed run writes them again. One writer per run: `enabled=False` (every
+    process of a multi-process run but process 0) writes nothing.
     """
 
-    def __init__(self, workdir, *, resumed_at: int | None = None):
+    def __init__(self, workdir, *, resumed_at: int | None = None, enabled: bool = True):
+        self._enabled = enabled
+        self._tensorboard: dict[str, SummaryWriter] = {}
+        if not enabled:
+            return
         self._workdir = os.fspath(workdir)
         os.makedirs(self._workdir, exist_ok=True)
         path = os.path.join(self._workdir, "metrics.jsonl")
@@ -141,7 +151,6 @@ class MetricWriter:
         # Line buffering: a crash loses at most the line being written.
         self._jsonl = open(path, "a", buffering=1, encoding="utf-8")
         self._purge_step = None if resumed_at is None else resumed_at + 1
-        self._tensorboard: dict[str, SummaryWriter] = {}
 
     def write(self, step: int, scalars: Mapping[str, Any], split: str = "train") -> None:
         """Writes one record of scalars (python, numpy or jax scalars) for `split`."""
@@ -149,6 +158,8 @@ class MetricWriter:
         reserved = {"step", "split"} & values.keys()
         if reserved:
             raise ValueError(f"Metric names {sorted(reserved)} are reserved in metrics.jsonl.")
+        if not self._enabled:
+            return
         step = int(step)
         self._jsonl.write(json.dumps({"step": step, "split": split, **values}) + "\n")
         if split not in self._tensorboard:
@@ -164,7 +175,8 @@ class MetricWriter:
         for writer in self._tensorboard.values():
             writer.close()
         self._tensorboard = {}
-        self._jsonl.close()
+        if self._enabled:
+            self._jsonl.close()
 
     def __enter__(self) -> "MetricWriter":
         return self
@@ -217,3 +229,31 @@ def summary_table(rows: Mapping[str, Mapping[str, Any]]) -> str:
         return "  ".join([first] + rest).rstrip()
 
     return "\n".join(render(line) for line in table)
+
+
+def evaluation_table(rates: Mapping[str, Any], hierarchy) -> str:
+    """The per-level table of an evaluation's rates (`hierjax.decode.summarize` names):
+    one row per hierarchy level with its top-1 through the fine head's argmax, each
+    head's own top-1 and top-5 and its agreement with the fine head, and the top-1 of
+    every tree-consistent decode present (keys "<decode>/top1/<l>"); then the mistake
+    severity (mean LCA height of the wrong fine predictions) and the mean hierarchical
+    distance (the same sum over every prediction)."""
+    decodes = [key.removesuffix("/count") for key in rates if key.endswith("/count")]
+    rows = {}
+    for l, name in enumerate(hierarchy.level_names):
+        row = {"top-1 via fine": rates[f"top1_from_fine/{l}"]}
+        for column, key in (("top-1 own head", "top1"), ("top-5 own head", "top5"),
+                            ("agrees with fine", "consistency")):
+            if f"{key}/{l}" in rates:
+                row[column] = rates[f"{key}/{l}"]
+        for method in decodes:
+            row[f"top-1 {method} decode"] = rates[f"{method}/top1/{l}"]
+        rows[f"{name} ({hierarchy.num_classes[l]})"] = row
+    lines = [summary_table(rows),
+             f"mistake severity (mean LCA height of wrong fine predictions): "
+             f"{rates['mistake_severity']:.3f}; mean hierarchical distance: "
+             f"{rates['hier_distance']:.3f}"]
+    lines += [f"{method} decode: mistake severity {rates[f'{method}/mistake_severity']:.3f}; "
+              f"mean hierarchical distance {rates[f'{method}/hier_distance']:.3f}"
+              for method in decodes]
+    return "\n".join(lines)

@@ -20,8 +20,9 @@ values of the key `variant`, resolved after the overrides:
 
 Any of SM, SM-GLM, CSM, CSM-GLM, SC-CSM, SC-CSM-GLM, OURS may take `+CC`. A weight left
 unset (None) takes its default when the variant uses the term: loss.glm_weight 0.8
-(the paper's lambda) when the backbone starts from pretrained weights, 0.05 when it
-trains from scratch (at 0.8 the GLM term collapses from-scratch features, BENCHMARKS.md);
+(the paper's lambda) when the backbone starts from trained weights (model.pretrained or
+model.init_from), 0.05 when it trains from scratch (at 0.8 the GLM term collapses
+from-scratch features, BENCHMARKS.md);
 loss.coarse_weight 1.0 (the paper's b). A weight given for a variant without the term,
 or a zero weight for a variant with it, is an error naming both keys.
 """
@@ -63,7 +64,8 @@ def key(default, doc: str, *, choices=None, low=None, high=None, low_open=False,
 IN_MEMORY_DATASETS = ("synthetic", "cifar100")
 PREPARED_DATASETS = ("cub", "aircraft", "cars", "dogs", "nabirds")
 DATASETS = IN_MEMORY_DATASETS + PREPARED_DATASETS + ("image_folder",)
-MODELS = ("resnet18", "resnet34", "resnet50", "resnet101", "wrn", "vgg16", "vgg19")
+MODELS = ("resnet18", "resnet34", "resnet50", "resnet101", "wrn", "vgg16", "vgg19", "alexnet",
+          "googlenet", "inception_v3")
 TRAIN_CROPS = ("pad_crop", "resize_random", "random_resized")
 
 
@@ -77,8 +79,19 @@ class DataSettings:
                         "image_folder: ROOT of ROOT/<split>/<fine class>/*")
     hierarchy: str = key("", "stored hierarchy of a prepared set ('' = its first); "
                          "image_folder: the path of a hierarchy CSV")
+    class_subset: str = key("", "keep only the fine classes of this hierarchy (a shipped "
+                            "name, e.g. cifar100/transfer_target, or a CSV path), "
+                            "relabelled to it ('' = every class)")
     train_split: str = key("train", "split to train on")
-    eval_split: str = key("test", "split evaluated during and after training")
+    eval_split: str = key("test", "the test split: reported after training (and evaluated "
+                          "during it when there is no validation split)")
+    val_fraction: float = key(0.0, "hold out this fraction of every fine class of the "
+                              "training split (deterministic, the same for every seed) as "
+                              "the validation split: evaluated during training and used to "
+                              "choose the best checkpoints (0 = no validation split)",
+                              low=0, high=1, high_open=True)
+    val_split: str = key("", "the data set's own validation split (e.g. aircraft's 'val'), "
+                         "used instead of val_fraction ('' = none)")
     image_size: int = key(32, "training and evaluation crop (px)", low=1)
     eval_resize: int = key(0, "shorter side before the centre crop (and the resize of "
                            "resize_random); 0 = image_size * 8 / 7", low=0)
@@ -121,6 +134,17 @@ class ModelSettings:
     pretrained: str = key("", "torchvision/timm state dict (.safetensors, or .pth with "
                           "torch) of the backbone; '' or 'none' trains from scratch; the "
                           "fine-tuning recipes start at 'REQUIRED'")
+    features: str = key("", "layer the heads and the GLM loss read: pool (pooled last "
+                        "conv map) | fc7 (AlexNet, VGG: the second fully connected layer, "
+                        "4096-d); '' = the network's default (fc7 for AlexNet, pool "
+                        "otherwise; hierjax/models/specs.py)", choices=("", "pool", "fc7"))
+    aux_logits: bool = key(False, "GoogLeNet, Inception-V3: train with the auxiliary heads "
+                           "(fine-class softmax, weight loss.aux_weight); never evaluated")
+    init_from: str = key("", "another hierjax run's workdir (or its checkpoints/ folder): "
+                         "start from its newest good checkpoint's parameters and batch "
+                         "statistics (heads it lacks, or has with another shape, start "
+                         "fresh; optimizer fresh) instead of model.pretrained; stage-2 "
+                         "recipes start at 'REQUIRED'")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -134,8 +158,13 @@ class LossSettings:
     glm_margins: tuple[float, ...] = key((1.0, 1.0, 1.0, 1.0),
                                          "GLM margin alpha_l per level, fine first", low=0)
     glm_global: bool = key(True, "GLM on the all-gathered global batch")
+    glm_normalize: bool = key(False, "GLM on L2-normalised features (an extension beyond "
+                              "the paper: squared distances then lie in 0..4, so margins "
+                              "are in that range)")
     coarse_weight: float | None = key(None, "b, the coarse-constraint weight (None: 1.0 "
                                       "for the +CC variants)", low=0)
+    aux_weight: float | None = key(None, "weight of each auxiliary head's cross-entropy "
+                                   "(None: 0.3, GoogLeNet's, with model.aux_logits)", low=0)
     coarse_reduction: str = key("mean", "reduction of the sigmoid CE over classes",
                                 choices=("mean", "sum"))
 
@@ -160,6 +189,16 @@ class OptimizerSettings:
 
 
 @dataclasses.dataclass(frozen=True)
+class EvalSettings:
+    decode: str = key("fine", "how evaluation turns the heads into one prediction per level, "
+                      "always a path of the tree (hierjax/decode.py): fine (the fine argmax "
+                      "and its ancestors) | marginal (top-down argmax of the summed fine "
+                      "probabilities) | joint (best path by the product of every level's "
+                      "head; cascaded variants only); it also ranks the best checkpoints",
+                      choices=("fine", "marginal", "joint"))
+
+
+@dataclasses.dataclass(frozen=True)
 class ProfileSettings:
     start_step: int = key(10, "first traced step", low=0, resumable=True)
     num_steps: int = key(0, "> 0 writes a jax.profiler trace of that many steps", low=0,
@@ -168,8 +207,23 @@ class ProfileSettings:
 
 @dataclasses.dataclass(frozen=True)
 class DistributedSettings:
-    initialize: bool = key(False, "jax.distributed.initialize() (automatic under SLURM)",
+    """Several processes (hierjax/distributed.py): under SLURM with more than one task
+    they find each other by themselves; elsewhere give all three of coordinator,
+    num_processes and process_id (launch/processes.sh does, for N processes on one
+    machine)."""
+
+    initialize: bool = key(False, "jax.distributed.initialize() with the cluster's own "
+                           "settings (automatic under SLURM with several tasks)",
                            resumable=True)
+    coordinator: str = key("", "HOST:PORT where process 0 serves the coordinator, reachable "
+                           "from every process ('' = from the cluster)", resumable=True)
+    num_processes: int = key(0, "processes of the job (0 = from the cluster)", low=0,
+                             resumable=True)
+    process_id: int = key(-1, "this process's index, 0..num_processes - 1 (-1 = from the "
+                          "cluster)", low=-1, resumable=True)
+    heartbeat_timeout_s: int = key(100, "a process silent this long counts as dead: every "
+                                   "other process then stops with an error", low=1,
+                                   resumable=True)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -231,6 +285,7 @@ class Settings:
     model: ModelSettings = dataclasses.field(default_factory=ModelSettings)
     loss: LossSettings = dataclasses.field(default_factory=LossSettings)
     optimizer: OptimizerSettings = dataclasses.field(default_factory=OptimizerSettings)
+    eval: EvalSettings = dataclasses.field(default_factory=EvalSettings)
     profile: ProfileSettings = dataclasses.field(default_factory=ProfileSettings)
     distributed: DistributedSettings = dataclasses.field(default_factory=DistributedSettings)
 
@@ -241,8 +296,9 @@ class Settings:
 
     @property
     def pretrained_backbone(self) -> bool:
-        """Whether the backbone starts from pretrained weights."""
-        return bool(self.model.pretrained)
+        """Whether the backbone starts from trained weights (a pretrained file, or
+        another run's with model.init_from)."""
+        return bool(self.model.pretrained or self.model.init_from)
 
 
 # GLM weight defaults (see the module docstring).
@@ -250,6 +306,8 @@ GLM_WEIGHT_PRETRAINED = 0.8
 GLM_WEIGHT_FROM_SCRATCH = 0.05
 COARSE_WEIGHT = 1.0
 PRETRAINED_REQUIRED = "REQUIRED"
+INIT_FROM_REQUIRED = "REQUIRED"
+AUX_WEIGHT = 0.3  # each auxiliary head's loss weight in GoogLeNet's training (Szegedy et al.)
 
 
 def _section_classes() -> dict[str, type]:
@@ -426,7 +484,7 @@ def resolve(config: Mapping) -> Settings:
     sections = {name: cls(**_build(cls, values, f"{name}."))
                 for name, cls in _section_classes().items()}
     settings = Settings(**_build(Settings, values, ""), **sections)
-    return _resolve_variant(_resolve_pretrained(_check_together(settings)))
+    return _resolve_variant(_resolve_model(_resolve_pretrained(_check_together(settings))))
 
 
 def _resolve_pretrained(settings: Settings) -> Settings:
@@ -437,11 +495,67 @@ def _resolve_pretrained(settings: Settings) -> Settings:
             "config.model.pretrained is not set: this config fine-tunes an ImageNet-"
             f"pretrained {settings.model.name}. Give its weights (e.g. "
             f"--config.model.pretrained={settings.model.name}.safetensors, a torchvision/"
-            "timm state dict), or --config.model.pretrained=none to train from scratch")
+            "timm state dict), or --config.model.pretrained=none to train from scratch"
+            + ("; with config.model.init_from, give the value the stage-1 run had (the file "
+               "is not read: the weights come from that run)" if settings.model.init_from
+               else ""))
     if pretrained.lower() == "none":
         return dataclasses.replace(settings,
                                    model=dataclasses.replace(settings.model, pretrained=""))
     return settings
+
+
+def _resolve_model(settings: Settings) -> Settings:
+    """The network's defaults and limits (hierjax/models/specs.py): model.features ''
+    becomes the network's layer, loss.aux_weight None becomes 0.3 with model.aux_logits;
+    a layer, auxiliary head or image size the network does not have is an error."""
+    from hierjax.models import specs  # the networks' facts (imports flax)
+
+    m, loss = settings.model, settings.loss
+    if m.init_from == INIT_FROM_REQUIRED:
+        raise ConfigError(
+            "config.model.init_from is not set: this config is stage 2 of a two-stage "
+            "protocol and continues from a stage-1 run. Give that run's workdir "
+            "(--config.model.init_from=WORKDIR), trained with the same config at stage=1")
+    choices = specs.feature_choices(m.name)
+    features = specs.resolve_features(m.name, m.features)
+    if features not in choices:
+        raise ConfigError(
+            f"config.model.features = {m.features!r} is not a layer of config.model.name = "
+            f"{m.name!r}; choose one of {', '.join(map(repr, choices))} ('' = "
+            f"{choices[0]!r})")
+    if m.bilinear and features != "pool":
+        raise ConfigError(
+            f"config.model.bilinear = True pools the last conv map, which needs "
+            f"config.model.features = 'pool'; got {features!r}")
+    if m.aux_logits and m.name not in specs.AUX_NETWORKS:
+        raise ConfigError(
+            f"config.model.aux_logits = True applies to {' and '.join(specs.AUX_NETWORKS)} "
+            f"only; set it to False for config.model.name = {m.name!r}")
+    smallest = specs.min_image_size(m.name, features, m.aux_logits)
+    if settings.data.image_size < smallest:
+        aux = m.aux_logits and m.name == "inception_v3"
+        raise ConfigError(
+            f"config.data.image_size = {settings.data.image_size} is below the {smallest} px "
+            f"that config.model.name = {m.name!r} needs (features={features!r}"
+            f"{', aux_logits=True' if aux else ''}); use --config.data.image_size="
+            f"{smallest} or more" + (" or config.model.aux_logits=False" if aux else ""))
+    if m.aux_logits:
+        if loss.aux_weight == 0:
+            raise ConfigError(
+                "config.loss.aux_weight = 0 contradicts config.model.aux_logits = True, which "
+                f"trains the auxiliary heads; set a weight > 0 (unset: {AUX_WEIGHT}) or "
+                "config.model.aux_logits = False")
+        aux_weight = AUX_WEIGHT if loss.aux_weight is None else loss.aux_weight
+    elif loss.aux_weight:
+        raise ConfigError(
+            f"config.loss.aux_weight = {loss.aux_weight} weighs auxiliary heads that "
+            "config.model.aux_logits = False leaves out; set config.model.aux_logits = True "
+            "(googlenet, inception_v3) or leave config.loss.aux_weight unset")
+    else:
+        aux_weight = 0.0
+    return dataclasses.replace(settings, model=dataclasses.replace(m, features=features),
+                               loss=dataclasses.replace(loss, aux_weight=aux_weight))
 
 
 def _resolve_variant(settings: Settings) -> Settings:
@@ -473,6 +587,15 @@ def _weight(variant: str, used: bool, dotted: str, given: float | None,
     return 0.0
 
 
+def check_decode(method: str, variant: str, where: str = "--decode") -> None:
+    """ConfigError for the 'joint' decode of a variant with a flat head."""
+    if method == "joint" and not parse_variant(variant).cascade:
+        raise ConfigError(
+            f"{where} = 'joint' scores paths with one head per level, but config.variant = "
+            f"{variant!r} has a flat softmax head; use 'fine' or 'marginal', or a cascaded "
+            "variant (CSM, SC-CSM, OURS, ...)")
+
+
 def _check_together(s: Settings) -> Settings:
     """Checks of keys that constrain each other."""
     if s.num_epochs == 0 and s.num_steps == 0:
@@ -488,6 +611,21 @@ def _check_together(s: Settings) -> Settings:
         raise ConfigError(f"config.data.eval_resize = {s.data.eval_resize} is smaller than "
                           f"config.data.image_size = {s.data.image_size}; use >= "
                           f"{s.data.image_size} (0 = image_size * 8 / 7)")
+    if s.data.val_fraction and s.data.val_split:
+        raise ConfigError(
+            f"config.data.val_fraction = {s.data.val_fraction} and config.data.val_split = "
+            f"{s.data.val_split!r} both give a validation split; set one of them (the other "
+            "to 0 / '')")
+    if s.data.val_split and s.data.name in IN_MEMORY_DATASETS:
+        raise ConfigError(
+            f"config.data.val_split = {s.data.val_split!r}: {s.data.name!r} has no "
+            "validation split of its own; hold one out with config.data.val_fraction "
+            "(e.g. 0.1) instead")
+    if s.data.val_split and s.data.val_split in (s.data.train_split, s.data.eval_split):
+        raise ConfigError(
+            f"config.data.val_split = {s.data.val_split!r} is also the training or test "
+            "split; the validation split must be neither")
+    check_decode(s.eval.decode, s.variant, "config.eval.decode")
     parse_variant(s.variant)
     return s
 
@@ -553,6 +691,12 @@ def set_keys(config, overrides: Mapping[str, Any]):
     return config
 
 
+def defaults() -> dict[str, Any]:
+    """Dotted key -> its schema default, in `to_dict` form (tuples as lists)."""
+    return {k: list(f.default) if isinstance(f.default, tuple) else f.default
+            for k, f in schema().items() if not dataclasses.is_dataclass(f.type)}
+
+
 def diff(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, tuple[Any, Any]]:
     """Dotted key -> (old, new) of the keys whose values differ (`to_dict` forms)."""
     keys = sorted(set(old) | set(new))
@@ -566,7 +710,8 @@ def resumable(dotted: str) -> bool:
 
 
 __all__ = [
-    "ConfigError", "DataSettings", "LossSettings", "ModelSettings", "OptimizerSettings",
-    "Settings", "Variant", "base_config", "describe", "diff", "parse_variant", "read_json",
-    "resolve", "resumable", "schema", "set_keys", "to_config", "to_dict", "write_json",
+    "ConfigError", "DataSettings", "EvalSettings", "LossSettings", "ModelSettings",
+    "OptimizerSettings", "Settings", "Variant", "base_config", "check_decode", "defaults",
+    "describe", "diff", "parse_variant", "read_json", "resolve", "resumable", "schema",
+    "set_keys", "to_config", "to_dict", "write_json",
 ]

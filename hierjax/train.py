@@ -10,11 +10,15 @@ dispatched, so the host never waits for the step it just queued. Fetching them e
 step also bounds the work queued ahead of the devices to two steps, so a SIGTERM is
 acted on within two steps, and lets every step's loss, gradient norm and parameter norm
 be checked: a non-finite state is never saved.
+
+Evaluation: every `eval_every_steps` on the validation split when the run has one
+(config.data.val_fraction or val_split; it ranks the best checkpoints), else on the test
+split; a run with a validation split evaluates its test split once, at the end, and
+returns and prints that (after the validation table, each labelled with its split).
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
 import math
@@ -26,16 +30,35 @@ import jax
 import numpy as np
 from absl import logging
 
-from hierjax import data, metrics, optim, settings as settings_lib
+from hierjax import data, distributed, metrics, optim, settings as settings_lib
+from hierjax import decode as decode_lib
 from hierjax import workdir as workdir_lib
 from hierjax.checkpointing import Checkpointer, PreemptionFlag
 from hierjax.models import build_model
 from hierjax.prefetch import DevicePrefetch, replicate
 from hierjax.profiling import StepProfiler, annotate
-from hierjax.reporting import MetricWriter, ProgressBar, summary_table
+from hierjax.reporting import MetricWriter, ProgressBar, evaluation_table
 from hierjax.train_step import AXIS, StepContext, eval_step, init_state, train_step
 
 BEST_METRIC = "top1/0"
+
+
+def best_metric(s: settings_lib.Settings) -> str:
+    """The evaluation rate that ranks the best checkpoints: the fine top-1 of the
+    configured decode (config.eval.decode; "fine" is the fine head's own top-1)."""
+    return BEST_METRIC if s.eval.decode == "fine" else f"{s.eval.decode}/{BEST_METRIC}"
+
+
+def split_label(s: settings_lib.Settings, name: str) -> str:
+    """'the test split ('test')', 'the validation split (0.1 of 'train', held out)'."""
+    if name == "test":
+        return f"the test split ({s.data.eval_split!r})"
+    if name == "train":
+        return f"the training split ({s.data.train_split!r}, unaugmented)"
+    if s.data.val_split:
+        return f"the validation split ({s.data.val_split!r})"
+    return (f"the validation split ({s.data.val_fraction:g} of {s.data.train_split!r}, "
+            "held out)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,7 +111,7 @@ def evaluate(p_eval, replicated_state, eval_input) -> dict[str, float]:
 
         totals = jax.tree.map(lambda x: np.sum(x, 0),
                               multihost_utils.process_allgather(totals))
-    return metrics.summarize(totals)
+    return decode_lib.summarize(totals)  # metrics.summarize, per decode's key prefix
 
 
 def train_and_evaluate(config, workdir, *, allow_config_change: bool = False
@@ -107,12 +130,13 @@ def train_and_evaluate(config, workdir, *, allow_config_change: bool = False
             f"config.batch_size = {s.batch_size} must divide evenly over "
             f"{num_devices * num_processes} devices ({num_processes} process(es) x "
             f"{num_devices}); pick a multiple of {num_devices * num_processes}")
-    primary = jax.process_index() == 0
-    with workdir_lib.lock(workdir) if primary else contextlib.nullcontext():
+    primary = distributed.is_primary()  # writes the run's files; the others only train
+    distributed.check_shared_workdir(workdir)
+    with distributed.on_primary(lambda: workdir_lib.lock(workdir)):
         checkpointer = Checkpointer(
             workdir / "checkpoints", save_interval_steps=s.checkpoint_every_steps,
             max_to_keep=s.keep_checkpoints, keep_best=s.keep_best_checkpoints,
-            best_metric=BEST_METRIC, async_save=s.async_checkpoints)
+            best_metric=best_metric(s), async_save=s.async_checkpoints)
         try:
             latest = checkpointer.latest_step()
             workdir_lib.check_config(workdir, s, resuming=latest is not None,
@@ -132,7 +156,7 @@ def train_and_evaluate(config, workdir, *, allow_config_change: bool = False
 def _run(s, workdir: pathlib.Path, inputs: data.Input, checkpointer) -> dict[str, float]:
     plan = Schedule.of(s, inputs.train.steps_per_epoch)
     hierarchy = inputs.hierarchy
-    logging.info("Data: %s, %d train / %d eval examples (this process), hierarchy %s %s; "
+    logging.info("Data: %s, %d train / %d eval examples (eval: this process), hierarchy %s %s; "
                  "%d steps of batch %d (%d per epoch). Variant %s, loss %s.", s.data.name,
                  len(inputs.train.source), len(inputs.eval), hierarchy.level_names,
                  hierarchy.num_classes, plan.total_steps, s.batch_size, plan.steps_per_epoch,
@@ -143,8 +167,10 @@ def _run(s, workdir: pathlib.Path, inputs: data.Input, checkpointer) -> dict[str
     start_step = int(state.step)
     replicated = replicate(state)
     del state  # the replicated copy is the one that trains
-    p_eval = jax.pmap(functools.partial(eval_step, ctx=dataclasses.replace(ctx, axis_name=None)))
-    with MetricWriter(workdir, resumed_at=start_step) as writer:
+    p_eval = jax.pmap(functools.partial(eval_step, ctx=dataclasses.replace(ctx, axis_name=None),
+                                        decode=s.eval.decode))
+    primary = distributed.is_primary()
+    with MetricWriter(workdir, resumed_at=start_step, enabled=primary) as writer:
         finished = start_step >= plan.total_steps
         stopped, latest = False, {}
         if finished:
@@ -159,9 +185,20 @@ def _run(s, workdir: pathlib.Path, inputs: data.Input, checkpointer) -> dict[str
         if not stopped and latest.get("step") != step:
             latest = {**evaluate(p_eval, replicated, inputs.eval), "step": step}
             if not finished:  # a finished run's file already has this row
-                writer.write(step, _without_step(latest), split="eval")
-    print(_summary(latest, hierarchy, stopped_at=step if stopped else None), flush=True)
-    return latest
+                writer.write(step, _without_step(latest), split=_eval_row(inputs))
+        # A run that validates on another split reports the test split once, at the end.
+        final = latest
+        if inputs.test is not None and not stopped:
+            final = {**evaluate(p_eval, replicated, inputs.test), "step": step}
+            if not finished:  # a finished run's file already has this row
+                writer.write(step, _without_step(final), split="test")
+    if primary:
+        tables = [_summary(latest, hierarchy, split_label(s, inputs.eval_name),
+                           stopped_at=step if stopped else None)]
+        if final is not latest:
+            tables.append(_summary(final, hierarchy, split_label(s, "test")))
+        print("\n\n".join(tables), flush=True)
+    return final
 
 
 def _without_step(rates: dict) -> dict:
@@ -192,12 +229,18 @@ def _train_loop(s, plan: Schedule, ctx, replicated, inputs, checkpointer, writer
     stopped the run."""
     start = int(replicated.step[0])
     train_rng = jax.random.fold_in(jax.random.key(s.seed), 1)
-    p_train = jax.pmap(functools.partial(train_step, ctx=ctx), axis_name=AXIS,
-                       in_axes=(0, 0, None), donate_argnums=(0,))
+    # The step also sums every process's SIGTERM vote (hierjax.distributed).
+    p_train = jax.pmap(distributed.with_stop_vote(functools.partial(train_step, ctx=ctx), AXIS),
+                       axis_name=AXIS, in_axes=(0, 0, None, 0), donate_argnums=(0,))
     batches = DevicePrefetch(inputs.train)
-    progress = ProgressBar(plan.total_steps, initial_step=start, images_per_step=s.batch_size)
-    profiler = StepProfiler(workdir / "profile", s.profile.start_step, s.profile.num_steps)
+    primary = distributed.is_primary()
+    progress = ProgressBar(plan.total_steps, initial_step=start, images_per_step=s.batch_size,
+                           enabled=primary)
+    profile_dir = workdir / "profile" / ("" if primary else f"process_{jax.process_index()}")
+    profiler = StepProfiler(profile_dir, s.profile.start_step, s.profile.num_steps)
     preemption = PreemptionFlag()
+    agreement = distributed.StopAgreement(preemption, num_devices=jax.local_device_count(),
+                                          num_processes=jax.process_count())
     checker = _FiniteChecker(s, checkpointer)
     logged, latest = [], {}
     # Throughput of each row: images trained since the last row over the wall time, less
@@ -208,17 +251,21 @@ def _train_loop(s, plan: Schedule, ctx, replicated, inputs, checkpointer, writer
             profiler.maybe_start(step, replicated)
             with annotate(step):
                 replicated, scalars = p_train(replicated, next(batches),
-                                              jax.random.fold_in(train_rng, step))
+                                              jax.random.fold_in(train_rng, step),
+                                              agreement.vote())
             done = step + 1
             profiler.maybe_stop(done, replicated)
             # Waits for the previous step only: this one stays queued on the devices.
-            logged += checker.take_previous()
+            logged += agreement.read(checker.take_previous())
             checker.queue(done, scalars)
-            stop = preemption.is_set()
+            stop = agreement.stop
             evaluated = done % plan.eval_every == 0 or done == plan.total_steps
             saving = stop or done == plan.total_steps or checkpointer.should_save(done)
             if done % plan.log_every == 0 or evaluated or saving:
-                logged += checker.take_all()  # waits for this step
+                logged += agreement.read(checker.take_all())  # waits for this step
+                # Every process fetched the same steps here: they agree on the votes.
+                stop = agreement.stop
+                saving = saving or stop
             if logged and (done % plan.log_every == 0 or done == plan.total_steps or stop):
                 means = {k: float(np.mean([r[k] for _, r in logged])) for k in logged[0][1]}
                 now = time.perf_counter()
@@ -231,7 +278,7 @@ def _train_loop(s, plan: Schedule, ctx, replicated, inputs, checkpointer, writer
             pause_start = time.perf_counter()
             if evaluated:
                 latest = {**evaluate(p_eval, replicated, inputs.eval), "step": done}
-                writer.write(done, _without_step(latest), split="eval")
+                writer.write(done, _without_step(latest), split=_eval_row(inputs))
                 logging.info("Step %d eval: %s", done, _eval_line(latest, inputs.hierarchy))
             if saving:
                 checkpointer.save(done, flax.jax_utils.unreplicate(replicated),
@@ -242,7 +289,9 @@ def _train_loop(s, plan: Schedule, ctx, replicated, inputs, checkpointer, writer
                 checker.saved(done)
             paused += time.perf_counter() - pause_start
             if stop:
-                logging.warning("SIGTERM: saved a checkpoint at step %d; exiting.", done)
+                logging.warning("SIGTERM%s: saved a checkpoint at step %d; exiting.",
+                                "" if jax.process_count() == 1 else
+                                " (to this or another process)", done)
                 break
     finally:
         profiler.close()
@@ -304,27 +353,23 @@ class _FiniteChecker:
             "in a new workdir or resume from the last checkpoint.")
 
 
-def _summary(rates, hierarchy, *, stopped_at=None):
-    """Final table: one row per hierarchy level, then the tree-distance figures; after a
-    SIGTERM (`stopped_at`), the latest evaluation, labelled with its step."""
+def _summary(rates, hierarchy, where: str, *, stopped_at=None):
+    """Final table of the split `where` describes (`split_label`): one row per hierarchy
+    level, then the tree-distance figures (`evaluation_table`); after a SIGTERM
+    (`stopped_at`), the latest evaluation, labelled with its step."""
     if stopped_at is not None and not rates:
         return f"Stopped by SIGTERM at step {stopped_at}, before any evaluation."
     title = (f"Latest evaluation (step {rates['step']}; training stopped by SIGTERM at "
              f"step {stopped_at})" if stopped_at is not None
              else f"Final evaluation at step {rates['step']}")
-    rows = {}
-    for l, name in enumerate(hierarchy.level_names):
-        row = {"top-1 via fine": rates[f"top1_from_fine/{l}"]}
-        for column, key in (("top-1 own head", "top1"), ("top-5 own head", "top5"),
-                            ("agrees with fine", "consistency")):
-            if f"{key}/{l}" in rates:
-                row[column] = rates[f"{key}/{l}"]
-        rows[f"{name} ({hierarchy.num_classes[l]})"] = row
-    table = summary_table(rows)
-    return (f"{title}, on {int(rates['count'])} examples:\n"
-            f"{table}\nmistake severity (mean LCA height of wrong fine predictions): "
-            f"{rates['mistake_severity']:.3f}; mean hierarchical distance: "
-            f"{rates['hier_distance']:.3f}")
+    return (f"{title}, on {int(rates['count'])} examples of {where}:\n"
+            f"{evaluation_table(rates, hierarchy)}")
+
+
+def _eval_row(inputs: data.Input) -> str:
+    """The split name of the periodic evaluations' rows in metrics.jsonl: "val" when the
+    run validates on a validation split, else "eval" (the test split)."""
+    return "eval" if inputs.test is None else "val"
 
 
 def _eval_line(rates, hierarchy):

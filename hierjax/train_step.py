@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from hierjax import decode as decode_lib
 from hierjax.losses import cascaded_softmax_loss, coarse_constraint_loss, glm_loss
 from hierjax.metrics import hierarchical_metrics
 from hierjax.models.pretrained import load_pretrained
@@ -71,12 +72,21 @@ def normalize(image_uint8, mean, std):
 def init_state(rng, ctx: StepContext, image_shape, model_config=None) -> TrainState:
     """Initial TrainState for images of `image_shape` (H, W, C).
 
-    With `model_config` (config.model) whose `pretrained` names a file, the backbone
-    starts from that file's weights (`load_pretrained`); the heads stay freshly
-    initialised.
+    With `model_config` (config.model) whose `init_from` names another run, the
+    parameters and batch statistics start from that run's newest good checkpoint
+    (`hierjax.init_from`: what it lacks stays freshly initialised); otherwise, when its
+    `pretrained` names a file, the backbone starts from that file's weights
+    (`load_pretrained`) and the heads stay freshly initialised. The optimizer state is
+    always fresh.
     """
     variables = ctx.model.init(rng, jnp.zeros((1, *image_shape), jnp.float32), train=False)
-    if model_config is not None:
+    if model_config is not None and getattr(model_config, "init_from", ""):
+        from hierjax import init_from  # it builds the other run's TrainState
+
+        variables = init_from.load_variables(variables, model_config,
+                                             ctx.model.classes_per_level,
+                                             channels=image_shape[-1])
+    elif model_config is not None:
         variables = load_pretrained(variables, model_config)
     params = variables["params"]
     return TrainState(step=jnp.zeros((), jnp.int32), params=params,
@@ -88,8 +98,13 @@ def compute_loss(outputs, labels, ctx: StepContext, valid=None):
     """Training objective and its parts.
 
     loss = sum_l w_l CE(z_l, y_l)                      (flat softmax when one head)
-         + glm_weight * GLM(features)                  (optionally global batch)
+         + glm_weight * GLM(features)                  (optionally global batch;
+                                                        x / ||x|| with glm_normalize)
          + coarse_weight * sum_{l>=1} BCE(z_1, t^l)    (coarse-label constraint)
+         + aux_weight * sum_i CE(a_i, y_1)             (auxiliary heads, training only)
+
+    a_i are the fine logits of the auxiliary heads (GoogLeNet, Inception-V3 with
+    model.aux_logits), present in the training outputs only.
     """
     cfg = ctx.loss
     logits = outputs["logits"]
@@ -99,7 +114,11 @@ def compute_loss(outputs, labels, ctx: StepContext, valid=None):
                                          valid=valid)}
     total = parts["ce"]
     if cfg.glm_weight > 0:
-        parts["glm"] = glm_loss(outputs["features"], labels, k=cfg.glm_k,
+        features = outputs["features"]
+        if cfg.glm_normalize:  # an extension beyond the paper: GLM on the unit sphere
+            features = features * jax.lax.rsqrt(
+                jnp.maximum(jnp.sum(features * features, axis=-1, keepdims=True), 1e-12))
+        parts["glm"] = glm_loss(features, labels, k=cfg.glm_k,
                                 margins=tuple(cfg.glm_margins)[:h], valid=valid,
                                 axis_name=ctx.axis_name if cfg.glm_global else None)
         total = total + cfg.glm_weight * parts["glm"]
@@ -108,6 +127,10 @@ def compute_loss(outputs, labels, ctx: StepContext, valid=None):
             logits[0], labels, ctx.ancestors, a=0.0, b=1.0, valid=valid,
             reduction=cfg.coarse_reduction)
         total = total + cfg.coarse_weight * parts["coarse"]
+    aux_logits = outputs.get("aux_logits", [])
+    if aux_logits and cfg.aux_weight > 0:
+        parts["aux"] = sum(cascaded_softmax_loss([z], labels, valid=valid) for z in aux_logits)
+        total = total + cfg.aux_weight * parts["aux"]
     return total, parts
 
 
@@ -147,11 +170,29 @@ def train_step(state: TrainState, batch, rng, ctx: StepContext):
     return new_state, scalars
 
 
-def eval_step(state: TrainState, batch, ctx: StepContext):
-    """Summable metrics (hierarchical_metrics) of this device's share of an evaluation
-    batch; padded rows (valid False) count nowhere."""
-    images = normalize(batch["image"], ctx.mean, ctx.std)
-    outputs = ctx.model.apply({"params": state.params, "batch_stats": state.batch_stats},
-                              images, train=False)
-    return hierarchical_metrics(outputs["logits"], batch["labels"], ctx.ancestors,
-                                valid=batch["valid"])
+def eval_logits(variables, images_uint8, ctx: StepContext) -> list[jax.Array]:
+    """Logits per level [b, C_l] of uint8 images [b, H, W, C], in evaluation mode: the
+    one forward pass of evaluation and prediction. `variables`: {"params",
+    "batch_stats"}."""
+    images = normalize(images_uint8, ctx.mean, ctx.std)
+    return ctx.model.apply(dict(variables), images, train=False)["logits"]
+
+
+def eval_metrics(logits, batch, ctx: StepContext, decode: str = "fine"):
+    """Summable metrics of a batch's logits: `hierarchical_metrics`, plus, for a
+    `decode` other than "fine" (config.eval.decode), the sums of that tree-consistent
+    decode (`hierjax.decode.decode_metrics`, keys prefixed "<decode>/"). Padded rows
+    (valid False) count nowhere."""
+    sums = hierarchical_metrics(logits, batch["labels"], ctx.ancestors, valid=batch["valid"])
+    if decode != "fine":
+        preds = decode_lib.decode(logits, ctx.ancestors, decode)
+        sums.update(decode_lib.decode_metrics(preds, logits, batch["labels"], ctx.ancestors,
+                                              prefix=f"{decode}/", valid=batch["valid"]))
+    return sums
+
+
+def eval_step(state: TrainState, batch, ctx: StepContext, decode: str = "fine"):
+    """`eval_metrics` of this device's share of an evaluation batch."""
+    logits = eval_logits({"params": state.params, "batch_stats": state.batch_stats},
+                         batch["image"], ctx)
+    return eval_metrics(logits, batch, ctx, decode)

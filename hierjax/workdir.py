@@ -62,13 +62,19 @@ def _holder(path: pathlib.Path) -> str:
 def check_config(workdir, settings: settings_lib.Settings, *, resuming: bool,
                  allow_changes: bool = False, start_step: int = 0, write: bool = True) -> None:
     """Compares `settings` with the saved config.json of a run being resumed, then writes
-    the new config.json (if `write`: one process of a multi-process run). Raises WorkdirError listing the differing keys when a key that
+    the new config.json and logs and records the changes (if `write`: one process of a
+    multi-process run). Raises WorkdirError listing the differing keys when a key that
     changes the training differs and `allow_changes` is False."""
     path = pathlib.Path(workdir) / CONFIG_FILE
     new = settings_lib.to_dict(settings)
     if resuming and path.exists():
         old = json.loads(path.read_text())
-        changes = settings_lib.diff(old, new)
+        # A key added to hierjax after that run was written had its default then.
+        old = {**{k: v for k, v in settings_lib.defaults().items() if k not in old}, **old}
+        # distributed.* say how the processes were started (a new port each time), not
+        # what they train: not a change.
+        changes = {k: v for k, v in settings_lib.diff(old, new).items()
+                   if not k.startswith("distributed.")}
         blocking = {k: v for k, v in changes.items() if not settings_lib.resumable(k)}
         lines = [f"  {k}: {old_value!r} -> {new_value!r}"
                  for k, (old_value, new_value) in changes.items()]
@@ -80,11 +86,12 @@ def check_config(workdir, settings: settings_lib.Settings, *, resuming: bool,
                 "Give this config another --workdir, or pass --allow_config_change to "
                 "resume the saved state under the new values (recorded in "
                 f"{CHANGES_FILE}).")
-        if changes:
+        if changes and write:
             logging.warning("Resuming at step %d with config changes:\n%s", start_step,
                             "\n".join(lines))
-            if write:
-                with open(pathlib.Path(workdir) / CHANGES_FILE, "a", encoding="utf-8") as f:
-                    f.write(json.dumps({"step": start_step, "changes": changes}) + "\n")
-    if write:
-        settings_lib.write_json(settings, path)
+            with open(pathlib.Path(workdir) / CHANGES_FILE, "a", encoding="utf-8") as f:
+                f.write(json.dumps({"step": start_step, "changes": changes}) + "\n")
+    if write:  # atomically: the other processes of the run may be reading it
+        tmp = path.with_name(CONFIG_FILE + ".tmp")
+        settings_lib.write_json(settings, tmp)
+        os.replace(tmp, path)

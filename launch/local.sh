@@ -4,7 +4,8 @@
 #   launch/local.sh configs/cub_resnet50.py /data/runs/cub [--config.KEY=VALUE ...]
 #
 # Pick GPUs with CUDA_VISIBLE_DEVICES; the global batch (config.batch_size) is split
-# evenly over them.
+# evenly over them. Several processes: launch/processes.sh (this machine) or
+# launch/slurm.sbatch (several nodes).
 set -euo pipefail
 if [[ $# -lt 2 ]]; then
   echo "usage: $0 CONFIG[:ARGS] WORKDIR [--config.KEY=VALUE ...]" >&2

@@ -66,3 +66,14 @@ def test_peak_flops_table():
     assert peak_flops(kind("NVIDIA H100 80GB HBM3")) == 989e12
     assert peak_flops(kind("NVIDIA H100 PCIe")) == 756e12
     assert peak_flops(kind("cpu")) is None
+
+
+def test_confidence_intervals_against_a_hand_worked_case():
+    from hierjax.benchmarks.stats import mean_ci, paired_gain, significant
+
+    # mean 2, sample sd 1, n = 3: t_{0.975, 2} = 4.302653, half = 4.302653 / sqrt(3).
+    mean, half = mean_ci([1.0, 2.0, 3.0])
+    assert mean == 2.0 and abs(half - 4.302653 / 3 ** 0.5) < 1e-5
+    gain, half = paired_gain([2.0, 3.0, 4.5], [1.0, 2.0, 3.0])  # differences 1, 1, 1.5
+    assert abs(gain - 7 / 6) < 1e-12 and significant(gain, half)
+    assert not significant(*paired_gain([1.0, 3.0], [2.0, 2.0]))

@@ -329,12 +329,16 @@ def test_each_finetuning_config_reads_its_prepared_dataset(name, prepared):
                                "data.num_workers": 0, "data.eval_split": "test",
                                "model.pretrained": "none"})
     inputs = data.build_input(settings.resolve(config), num_devices=2)
-    assert len(inputs.eval) == len(expected["test"])
+    # Every fine-tuning config validates on a validation split and reports the test one.
+    assert inputs.eval_name == "validation" and inputs.test is not None
+    assert len(inputs.test) == len(expected["test"])
+    if name == "aircraft":  # the official val split
+        assert len(inputs.eval) == len(expected["val"])
     assert inputs.hierarchy == next(iter(shipped_hierarchies(name).values()))
     batch = next(inputs.train)
     assert batch["image"].shape == (2, 1, 64, 64, 3)
     assert batch["labels"].shape == (2, 1, inputs.hierarchy.num_levels)
-    valid = sum(int(b["valid"].sum()) for b in inputs.eval.batches())
+    valid = sum(int(b["valid"].sum()) for b in inputs.test.batches())
     inputs.close()
     assert valid == len(expected["test"])
 
@@ -346,12 +350,15 @@ def test_cifar100_config_reads_a_prepared_tarball(prepared):
     config = load_config("configs/cifar100_resnet18.py", "runlocal")
     settings.set_keys(config, {"data.data_dir": str(data_dir), "batch_size": 2})
     s = settings.resolve(config)
-    train, test = data.build_sources(s.data)
-    assert (len(train), len(test)) == (len(expected["train"]), len(expected["test"]))
-    assert sorted(train.labels_Nxh[:, 0]) == sorted(label for _, label, _, _ in expected["train"])
+    splits = data.build_splits(s.data)  # the config holds out 10% of train as validation
+    train, test = splits.train, splits.test
+    assert (len(train) + len(splits.val), len(test)) == (len(expected["train"]),
+                                                         len(expected["test"]))
+    labels = np.concatenate([train.labels_Nxh[:, 0], splits.val.labels_Nxh[:, 0]])
+    assert sorted(labels) == sorted(label for _, label, _, _ in expected["train"])
     inputs = data.build_input(s, num_devices=2)
     assert inputs.image_shape == (32, 32, 3)
-    batches = list(inputs.eval.batches())
+    batches = list(inputs.test.batches())
     inputs.close()
     pixels = np.concatenate([b["image"].reshape(-1, 32 * 32 * 3) for b in batches])
     pixels = pixels[np.concatenate([b["valid"].reshape(-1) for b in batches])]

@@ -25,6 +25,7 @@ from hierjax.models import (
     WideResNet,
     build_model,
 )
+from hierjax.models import specs
 from hierjax.models.layers import Backbone
 from hierjax.settings import MODELS, ModelSettings
 from hierjax.models.resnet import BasicBlock, BottleneckBlock
@@ -362,7 +363,8 @@ def test_eval_mode_uses_running_averages():
 @pytest.mark.parametrize("name", MODELS)
 def test_factory_builds_every_model(name):
     model = build_model(_config(name=name), (10, 4, 2), skip=True)
-    variables = _shapes(model, jnp.zeros((2, 32, 32, 3)))
+    size = max(32, specs.min_image_size(name, "", aux_logits=False))
+    variables = _shapes(model, jnp.zeros((2, size, size, 3)))
     assert set(variables["params"]) == {BACKBONE_PARAMS, HEADS_PARAMS}
     heads = variables["params"][HEADS_PARAMS]
     dim = heads["level0"]["kernel"].shape[0]

@@ -25,10 +25,10 @@ from flax import linen as nn
 from flax import traverse_util
 
 from hierjax.models import BACKBONE_PARAMS
-from hierjax.models.alexnet import AlexNet, adaptive_avg_pool, flatten_chw
+from hierjax.models.alexnet import AlexNet
 from hierjax.models.googlenet import GoogLeNet, GoogLeNetAux, max_pool_ceil
 from hierjax.models.inception_v3 import InceptionAux, InceptionV3
-from hierjax.models.layers import Backbone
+from hierjax.models.layers import Backbone, adaptive_avg_pool, flatten_chw
 from hierjax.models.pretrained import backbone_from_torch, load_pretrained
 from hierjax.models.vgg import VGG
 
@@ -126,6 +126,8 @@ F32 = jnp.float32
     [
         (GoogLeNet(), 64, True, ((2, 1024), F32)),
         (GoogLeNet(aux_logits=True), 64, False, ((2, 1024), F32)),
+        (GoogLeNet(aux_logits=True), 15, True,
+         (((2, 1024), F32), (((2, 1024), F32), ((2, 1024), F32)))),
         (GoogLeNet(aux_logits=True), 64, True,
          (((2, 1024), F32), (((2, 1024), F32), ((2, 1024), F32)))),
         (GoogLeNet(pool=False, dtype=jnp.bfloat16), 224, False, ((2, 7, 7, 1024), jnp.bfloat16)),
@@ -139,7 +141,8 @@ F32 = jnp.float32
         (VGG(16, features="fc7", dtype=jnp.bfloat16), 32, True, ((2, 4096), F32)),
         (VGG(19, pool=False), 64, False, ((2, 4, 4, 512), F32)),
     ],
-    ids=["googlenet", "googlenet-aux-eval", "googlenet-aux-train", "googlenet-map",
+    ids=["googlenet", "googlenet-aux-eval", "googlenet-aux-min-size", "googlenet-aux-train",
+         "googlenet-map",
          "inception", "inception-aux-train", "inception-aux-eval", "inception-map", "alexnet",
          "alexnet-pool", "alexnet-map", "vgg16-fc7", "vgg19-map"],
 )
@@ -154,7 +157,9 @@ def test_outputs(model, image_size, train, expected):
         (InceptionV3(aux_logits=True), 298, r"auxiliary head .* at least 299 px.*aux_logits=False"),
         (AlexNet(), 62, r"features='fc7' needs inputs of at least 63x63"),
         (AlexNet(features="pool"), 30, r"features='pool' needs inputs of at least 31x31"),
-        (VGG(16, features="fc7"), 31, r"empty 0x0 map: the input is too small"),
+        (VGG(16, features="fc7"), 31, r"features='fc7' needs inputs of at least 32x32"),
+        (VGG(16), 15, r"features='pool' needs inputs of at least 16x16"),
+        (GoogLeNet(aux_logits=True), 14, r"GoogLeNet needs inputs of at least 15x15"),
         (AlexNet(features="fc8"), 224, r"features must be one of \['pool', 'fc7'\]"),
         (VGG(16, pool=False, features="fc7"), 64, r"pool=False .* needs features='pool'"),
     ],

@@ -16,6 +16,8 @@ EXPECTED = {
     "cars/model_bodytype": (196, 9),
     "dogs/suffix": (120, 78),
     "cifar100/class_superclass": (100, 20),
+    "cifar100/transfer_source": (40, 20),
+    "cifar100/transfer_target": (60, 20),
 }
 CUB = ("cub/species_family_order", "cub/species_genus_family_order", "cub/suffix")
 

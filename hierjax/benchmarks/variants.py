@@ -11,6 +11,18 @@ runs of a study share network, epochs, batch size and schedule):
   and OURS with the P x Q x K hierarchical sampler (`OURS+PQK`, `sampler_pqk` as set);
 - `lambda`: `--variant` at loss.glm_weight = 0.2, 0.4, ..., 1.4 (the paper's grid);
 - `k`: `--variant` at loss.glm_k = 1, 3, 5, 10.
+`--protocol=transfer` runs the transfer protocol of BENCHMARKS.md
+(`hierjax.benchmarks.transfer`): the base config's network is pretrained with flat
+softmax on the CIFAR-100 source classes once (WORKDIR/pretrain, `--pretrain_epochs`,
+`--pretrain_lr`), then every run fine-tunes from it on the target classes, validating on
+a split of their training images and reporting the test set at the end. Its studies:
+`variants` (SM, SC-CSM, OURS, SM-GLM, CC b=1, CC at `--best_b`, OURS+CC, and CC in two
+steps: SM for half the epochs, then CC from it), `lambda` (`--variant`), `b` (CC) and
+`lr` (SM); `--config.loss.glm_normalize=True` gives the normalised-GLM runs. Each
+finished transfer run's small result file (resolved config, validation curve, final
+validation and test metrics, wall time) goes to `--results`/transfer/<study>/<run>/
+seed<s>.json, committed, and is reused: a sweep resumes from the repository.
+
 Runs live in WORKDIR/<study>/<run>/seed<s> (give each --variant of a lambda or k study
 its own WORKDIR); a finished run's result.json is reused, so re-running the command
 completes an interrupted sweep. Writes WORKDIR/<study>.json, a
@@ -32,21 +44,34 @@ import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from hierjax.benchmarks import common
+from hierjax.benchmarks import common, stats, transfer
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Base config of every run.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where the runs and results go.")
 _SEEDS = flags.DEFINE_integer("seeds", 3, "Seeds per run (0, 1, ...).")
-_STUDY = flags.DEFINE_enum("study", "variants", ["variants", "lambda", "k"], "What to vary.")
+_STUDY = flags.DEFINE_enum("study", "variants", ["variants", "lambda", "k", "b", "lr"],
+                          "What to vary (b, lr: transfer protocol).")
 _VARIANT = flags.DEFINE_string("variant", "OURS", "Variant of the lambda and k studies.")
 _WRITE = flags.DEFINE_bool("write", False, "Put the table in BENCHMARKS.md and the plots "
                            "in docs/figures/.")
 _NOTE = flags.DEFINE_string("note", "", "A line saying what the budget is, for the table.")
+_PROTOCOL = flags.DEFINE_enum("protocol", "scratch", ["scratch", "transfer"],
+                              "scratch: train on the config's data; transfer: pretrain on "
+                              "the CIFAR-100 source classes, fine-tune on the target ones")
+_PRETRAIN_EPOCHS = flags.DEFINE_integer("pretrain_epochs", 15, "transfer: pretraining epochs")
+_PRETRAIN_LR = flags.DEFINE_float("pretrain_lr", 0.1, "transfer: pretraining peak lr")
+_BEST_B = flags.DEFINE_float("best_b", 2.0, "transfer: the b chosen on validation (b study)")
+_ONLY = flags.DEFINE_list("only", [], "transfer: run only these runs of the study (names "
+                          "as in the table, e.g. SM,OURS)")
+_RESULTS = flags.DEFINE_string("results", str(common.REPO_ROOT / "docs" / "results"),
+                               "transfer: where the per-run result files are kept")
 flags.mark_flags_as_required(["config", "workdir"])
 
 FIGURES = common.REPO_ROOT / "docs" / "figures"
 LAMBDAS = (0.2, 0.4, 0.6, 0.8, 1.0, 1.2, 1.4)
 KS = (1, 3, 5, 10)
+BS = (0.5, 1.0, 2.0, 4.0)
+LRS = (0.003, 0.01, 0.03)
 # (column, metric key, scale)
 COLUMNS = (("fine top-1 %", "top1_from_fine/0", 100), ("coarse top-1 %", "top1_from_fine/1", 100),
            ("fine top-5 %", "top5/0", 100), ("mistake severity", "mistake_severity", 1),
@@ -76,11 +101,12 @@ def run_config(base, variant: str, overrides: dict, seed: int):
 
 
 def eval_curve(workdir: pathlib.Path, steps_per_epoch: int) -> list[tuple[float, float]]:
-    """(epoch, fine top-1) of every evaluation in the run's metrics.jsonl."""
+    """(epoch, fine top-1) of every periodic evaluation in the run's metrics.jsonl (on
+    the validation split when the run has one, else on the test split)."""
     curve = []
     for line in (workdir / "metrics.jsonl").read_text().splitlines():
         record = json.loads(line)
-        if record["split"] == "eval":
+        if record["split"] in ("eval", "val"):
             curve.append((record["step"] / steps_per_epoch, record["top1_from_fine/0"]))
     return curve
 
@@ -182,11 +208,153 @@ def plot(results: dict[str, list[dict]], study: str, path: pathlib.Path) -> None
     plt.close(figure)
 
 
+# ------------------------------------------------------------------ transfer protocol
+
+def transfer_study_runs(study: str, variant: str, best_b: float) -> list[tuple[str, str, dict]]:
+    """(run name, variant, overrides) of a transfer study; variant "CC-2step" is the
+    two-step coarse-label constraint."""
+    if study == "variants":
+        runs = [(v, v, {}) for v in ("SM", "SC-CSM", "OURS", "SM-GLM")]
+        for b in dict.fromkeys((1.0, best_b)):
+            runs.append((f"CC b={b:g}", "CC", {"loss.coarse_weight": b}))
+        return runs + [("OURS+CC", "OURS+CC", {}), ("CC two-step", "CC-2step", {}),
+                       ("OURS norm-GLM", "OURS", {"loss.glm_normalize": True})]
+    if study == "b":
+        return [(f"b={v:g}", "CC", {"loss.coarse_weight": v}) for v in BS]
+    if study == "lr":
+        return [(f"lr={v:g}", "SM", {"optimizer.lr": v}) for v in LRS]
+    return study_runs(study, variant)
+
+
+def _slug(name: str) -> str:
+    return name.replace(" ", "").replace("=", "")
+
+
+def _fit(config, workdir: pathlib.Path) -> dict:
+    """Trains (or resumes) one run; its test metrics, final validation metrics, wall
+    seconds and validation curve [(epoch, fine top-1, coarse top-1)]."""
+    from hierjax import data, train
+
+    start = time.perf_counter()
+    test = train.train_and_evaluate(config, workdir)
+    seconds = time.perf_counter() - start
+    steps_per_epoch = len(data.build_splits(config.data).train) // config.batch_size
+    rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    val = [r for r in rows if r["split"] == "val"]
+    return {"test": test, "val": val[-1] if val else {}, "seconds": seconds,
+            "curve": [(r["step"] / steps_per_epoch, r["top1_from_fine/0"],
+                       r["top1_from_fine/1"]) for r in val]}
+
+
+def transfer_run(base, pretrained: pathlib.Path, name: str, variant: str, overrides: dict,
+                 seed: int, run_dir: pathlib.Path, result_path: pathlib.Path) -> dict:
+    """One fine-tuning run of the transfer protocol, cached in `result_path`."""
+    from hierjax import settings
+
+    if result_path.exists():
+        return json.loads(result_path.read_text())
+    if variant == "CC-2step":
+        stage1, stage2 = transfer.two_step_configs(base, pretrained, run_dir / "stage1",
+                                                   overrides, seed)
+        first = _fit(stage1, run_dir / "stage1")
+        second = _fit(stage2, run_dir / "stage2")
+        offset = stage1.num_epochs
+        result = {**second, "seconds": first["seconds"] + second["seconds"],
+                  "curve": first["curve"] + [(e + offset, *rest)
+                                             for e, *rest in second["curve"]],
+                  "config": settings.to_dict(stage2), "stage1_config": settings.to_dict(stage1)}
+    else:
+        config = transfer.finetune_config(base, pretrained, variant, overrides, seed)
+        result = {**_fit(config, run_dir), "config": settings.to_dict(config)}
+    result["name"], result["seed"] = name, seed
+    result_path.parent.mkdir(parents=True, exist_ok=True)
+    result_path.write_text(json.dumps(result, indent=1))
+    return result
+
+
+def pretrain(base, workdir: pathlib.Path, results: pathlib.Path) -> pathlib.Path:
+    """The pretrained run's workdir, trained once (its result file is written next to the
+    fine-tuning results; the checkpoints stay in the workdir)."""
+    run_dir = workdir / "pretrain"
+    if not (run_dir / "result.json").exists():
+        config = transfer.pretrain_config(base, epochs=_PRETRAIN_EPOCHS.value,
+                                          lr=_PRETRAIN_LR.value)
+        train_run(config, run_dir)
+    results.mkdir(parents=True, exist_ok=True)
+    (results / "pretrain.json").write_text((run_dir / "result.json").read_text())
+    return run_dir
+
+
+def transfer_table(results: dict[str, list[dict]], baseline: str | None) -> str:
+    """Markdown: mean ± 95% CI over seeds of the test metrics, the validation fine top-1,
+    and the gain over `baseline` as the CI of the per-seed paired differences."""
+    columns = (("test fine top-1 %", "top1_from_fine/0", 100),
+               ("test coarse top-1 % (via fine)", "top1_from_fine/1", 100),
+               ("test coarse top-1 % (own head)", "top1/1", 100),
+               ("test fine top-5 %", "top5/0", 100),
+               ("mistake severity", "mistake_severity", 1))
+    header = ["run", "seeds", *(c for c, _, _ in columns), "val fine top-1 %", "train min",
+              f"gain over {baseline} (fine top-1, paired)" if baseline else "gain"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    base_runs = results.get(baseline) if baseline else None
+    for name, runs in results.items():
+        cells = [name, str(len(runs))]
+        for _, key, scale in columns:
+            values = [scale * r["test"][key] for r in runs if key in r["test"]]
+            cells.append(stats.format_ci(*stats.mean_ci(values)) if values else "-")
+        cells.append(stats.format_ci(*stats.mean_ci(
+            [100 * r["val"].get("top1_from_fine/0", float("nan")) for r in runs])))
+        cells.append(stats.format_ci(*stats.mean_ci([r["seconds"] / 60 for r in runs]), 1))
+        if base_runs and name != baseline and len(base_runs) == len(runs) > 1:
+            gain, half = stats.paired_gain(
+                [100 * r["test"]["top1_from_fine/0"] for r in runs],
+                [100 * b["test"]["top1_from_fine/0"] for b in base_runs])
+            cells.append(f"{stats.format_ci(gain, half)}"
+                         + (" (CI excludes 0)" if stats.significant(gain, half) else ""))
+        else:
+            cells.append("-")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main_transfer(base, study: str, workdir: pathlib.Path) -> None:
+    results_dir = pathlib.Path(_RESULTS.value) / "transfer"
+    pretrained = pretrain(base, workdir, results_dir)
+    runs = [r for r in transfer_study_runs(study, _VARIANT.value, _BEST_B.value)
+            if not _ONLY.value or r[0] in _ONLY.value]
+    results: dict[str, list[dict]] = {name: [] for name, _, _ in runs}
+    # Seed by seed, so an interrupted sweep leaves complete, paired seeds.
+    for seed in range(_SEEDS.value):
+        for name, variant, overrides in runs:
+            logging.info("=== transfer %s / %s, seed %d", study, name, seed)
+            results[name].append(transfer_run(
+                base, pretrained, name, variant, overrides, seed,
+                workdir / study / _slug(name) / f"seed{seed}",
+                results_dir / study / _slug(name) / f"seed{seed}.json"))
+    baseline = "SM" if study == "variants" else None
+    pre = json.loads((results_dir / "pretrain.json").read_text())
+    body = "\n".join([
+        f"### transfer {study}: {config_name(base)}", "",
+        f"{common.hardware_line()}. {_NOTE.value}".rstrip(), "",
+        f"    python -m hierjax.benchmarks.variants {shlex.join(sys.argv[1:])}", "",
+        f"Pretrained: flat softmax on the 40 source classes, {_PRETRAIN_EPOCHS.value} "
+        f"epochs, source test fine top-1 {100 * pre['metrics']['top1_from_fine/0']:.1f}%. "
+        f"Fine-tuning: {base.num_epochs} epochs on the 60 target classes, "
+        f"{transfer.VAL_FRACTION:g} of their training images held out for validation; "
+        "test = the 6,000 target test images, evaluated once at the end of each run.", "",
+        transfer_table(results, baseline)])
+    print(body)
+    if _WRITE.value:
+        common.write_section(f"transfer-{study}-{config_name(base)}", body)
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     base, study = _CONFIG.value, _STUDY.value
     workdir = pathlib.Path(_WORKDIR.value)
+    if _PROTOCOL.value == "transfer":
+        return main_transfer(base, study, workdir)
     runs = study_runs(study, _VARIANT.value)
     results, siblings = {}, {}
     for name, variant, overrides in runs:

@@ -46,14 +46,18 @@ _RATIO = (3 / 4, 4 / 3)
 _CV2 = None  # the cv2 module once imported (and set to one thread), False if missing
 
 
-def decode(image_bytes: bytes, *, min_short_side: int = 0, box=None):
-    """A PIL RGB image, optionally cropped to box (ymin, xmin, ymax, xmax in 0..1).
+def decode(image_bytes, *, min_short_side: int = 0, box=None):
+    """A PIL RGB image, optionally cropped to box (ymin, xmin, ymax, xmax in 0..1), of
+    encoded bytes (or of an already decoded uint8 [H, W, 3] array).
 
     min_short_side > 0 lets JPEG decoding skip detail finer than that size needs.
     """
     from PIL import Image  # the workers import it; jitted code never does
 
-    image = Image.open(io.BytesIO(image_bytes))
+    if isinstance(image_bytes, np.ndarray):
+        image = Image.fromarray(image_bytes)
+    else:
+        image = Image.open(io.BytesIO(image_bytes))
     if min_short_side and box is None:
         width, height = image.size
         scale = min_short_side / min(width, height)
@@ -162,9 +166,10 @@ def train_image(image_bytes: bytes, rng: np.random.Generator, *, size: int, resi
     return np.ascontiguousarray(out[:, ::-1]) if rng.random() < 0.5 else out
 
 
-def eval_image(image_bytes: bytes, *, size: int, resize: int, box=None) -> np.ndarray:
-    """Decoded uint8 [size, size, 3]: shorter side to `resize`, centre crop `size`."""
-    fast = _OpenCVJpeg.open(image_bytes, box)
+def eval_image(image_bytes, *, size: int, resize: int, box=None) -> np.ndarray:
+    """Decoded uint8 [size, size, 3]: shorter side to `resize`, centre crop `size`, of
+    encoded bytes (or of a decoded uint8 [H, W, 3] array, through the Pillow path)."""
+    fast = None if isinstance(image_bytes, np.ndarray) else _OpenCVJpeg.open(image_bytes, box)
     if fast is not None:
         height, width = _scaled_hw(fast.width, fast.height, resize)
         out = fast.resized_window(height, width, (height - size) // 2, (width - size) // 2,

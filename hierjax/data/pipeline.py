@@ -4,12 +4,15 @@
       -> TrainTransform (decode / augment, seeded by g) -> batch -> [devices, per device]
 
 Training (`TrainInput`): epoch e visits the records in the order `sampler(source,
-seed=, epoch=e)` (`hierjax.data.sampler`) and drops its last partial batch; batch n holds
-global records n B .. n B + B - 1. Batches are built whole by one worker (grain worker
-processes, or threads of the training process when `num_workers` is 0) and handed out in
-order, so batch n is a function of (seed, n) alone, whatever the number of workers, and
-`get_state()` / `set_state()` ({"epoch", "batch_in_epoch"}, stored in checkpoints) resume
-exactly.
+seed=, epoch=e)` (`hierjax.data.sampler`) and drops its last partial batch; global batch
+n holds global records n B .. n B + B - 1. With P processes, each reads the whole source
+and process p takes the slice p B/P .. (p + 1) B/P - 1 of every global batch, so the
+global batch, the steps per epoch and the position are the same on every process and for
+any P (no process runs out of data before another). Batches are built whole by one
+worker (grain worker processes, or threads of the training process when `num_workers`
+is 0) and handed out in order, so batch n is a function of (seed, n) alone, whatever the
+number of workers, and `get_state()` / `set_state()` ({"epoch", "batch_in_epoch"},
+stored in checkpoints) resume exactly.
 
 Evaluation (`EvalInput`): every record once, in order, unaugmented, the last batch padded
 by repeating the last record with `valid` False. Its workers start once and serve every
@@ -98,15 +101,33 @@ class _EpochRecord:
         return record
 
 
+class _ProcessSlice:
+    """Record i of one process's stream -> its global record: the process's slice of
+    each global batch of `num_processes` x `batch_size` records."""
+
+    def __init__(self, batch_size: int, process_index: int, num_processes: int):
+        self._b, self._p, self._n = batch_size, process_index, num_processes
+
+    def __call__(self, i: int) -> int:
+        batch, row = divmod(int(i), self._b)
+        return (batch * self._n + self._p) * self._b + row
+
+
 class TrainInput:
-    """Endless augmented training batches of a source (module docstring)."""
+    """Endless augmented training batches of a source (module docstring).
+
+    `batch_size` is this process's share; with `num_processes` > 1 the global batch is
+    num_processes x batch_size and this process reads slice `process_index` of it."""
 
     def __init__(self, source, transform: TrainTransform, *, batch_size: int,
-                 num_devices: int, seed: int, num_workers: int, sampler=shuffled_order):
+                 num_devices: int, seed: int, num_workers: int, sampler=shuffled_order,
+                 process_index: int = 0, num_processes: int = 1):
         per_device_batch_size(batch_size, num_devices)
-        if batch_size > len(source):
+        if not 0 <= process_index < num_processes:
+            raise ValueError(f"process index {process_index} outside 0..{num_processes - 1}")
+        if batch_size * num_processes > len(source):
             raise ValueError(
-                f"config.batch_size = {batch_size} (per process) is larger than the "
+                f"config.batch_size = {batch_size * num_processes} is larger than the "
                 f"training set {source.name} ({len(source)} examples); lower it, or keep "
                 "more examples (config.data.max_train_examples, 0 = all)")
         if seed < 0:
@@ -115,13 +136,15 @@ class TrainInput:
         self._transform, self._sampler = transform, sampler
         self._batch, self._num_devices = batch_size, num_devices
         self._seed, self._num_workers = seed, num_workers
+        self._slice = _ProcessSlice(batch_size, process_index, num_processes)
+        self._global_batch = batch_size * num_processes
         self._next = 0  # batches handed out so far, over all epochs
         self._iterator = None
 
     @property
     def steps_per_epoch(self) -> int:
-        """Full batches per epoch."""
-        return len(self.source) // self._batch
+        """Full global batches per epoch (the same on every process)."""
+        return len(self.source) // self._global_batch
 
     def get_state(self) -> dict[str, int]:
         """Where the next batch comes from: {"epoch": e, "batch_in_epoch": i}."""
@@ -139,7 +162,7 @@ class TrainInput:
             raise ValueError(
                 f"train input state {state} is out of range: the epoch must be >= 0 and "
                 f"batch_in_epoch in 0..{self.steps_per_epoch - 1} ({self.steps_per_epoch} "
-                f"steps per epoch with batch {self._batch} on {len(self.source)} "
+                f"steps per epoch with batch {self._global_batch} on {len(self.source)} "
                 "examples); was it saved with another batch size or data set?")
         self.close()
         self._next = epoch * self.steps_per_epoch + batch
@@ -166,8 +189,8 @@ class TrainInput:
         """Batches start, start + 1, ... as a dataset."""
         b = self._batch
         records = _EpochRecord(self.source, self._sampler, self._seed,
-                               self.steps_per_epoch * b)
-        return (grain.MapDataset.range(start * b, _ENDLESS)
+                               self.steps_per_epoch * self._global_batch)
+        return (grain.MapDataset.range(start * b, _ENDLESS).map(self._slice)
                 .map(records).map(self._transform).batch(b, drop_remainder=True))
 
 
@@ -185,15 +208,22 @@ class _Padded:
 
 
 class EvalInput:
-    """Every example of a source once per pass, in order (module docstring)."""
+    """Every example of a source once per pass, in order (module docstring).
+
+    `num_batches` (default: just enough) pads a pass with whole batches of invalid rows,
+    so that every process of a multi-process run runs as many evaluation steps."""
 
     def __init__(self, source, transform: EvalTransform, *, batch_size: int,
-                 num_devices: int, num_workers: int):
+                 num_devices: int, num_workers: int, num_batches: int | None = None):
         per_device_batch_size(batch_size, num_devices)
         if len(source) == 0:
             raise ValueError(f"the evaluation set {source.name} is empty")
         self.source = source
-        self.num_batches = num_eval_batches(len(source), batch_size)
+        needed = num_eval_batches(len(source), batch_size)
+        if num_batches is not None and num_batches < needed:
+            raise ValueError(f"{source.name} needs {needed} batches of {batch_size}, "
+                             f"got num_batches = {num_batches}")
+        self.num_batches = needed if num_batches is None else num_batches
         self._dataset = (grain.MapDataset.range(self.num_batches * batch_size)
                          .map(_Padded(source)).map(transform)
                          .batch(batch_size).repeat())

@@ -3,7 +3,8 @@ evaluation example dict(image=uint8 [S, S, 3], labels=int32 [h] (, valid=bool)).
 
 `data.train_crop` picks the training augmentation:
 - "pad_crop" (CIFAR): zero-pad each side by 4 px, random crop back to the image's own
-  size, horizontal flip with probability 1/2; evaluation takes the image as it is.
+  size, horizontal flip with probability 1/2; evaluation takes the image as it is (an
+  image of another size, e.g. a photo given to `hierjax.predict`, is resized first).
 - "resize_random", "random_resized" (fine-grained photos): decoding, resizing and
   cropping of encoded images by `hierjax.data.images`; evaluation resizes the shorter
   side to `eval_resize` and takes the centre crop.
@@ -82,6 +83,19 @@ class _Transform(grain.transforms.Map):
                             "--check`)") from e
 
 
+def _encoded(image):
+    """Encoded bytes as bytes; a decoded array as it is."""
+    return image if isinstance(image, np.ndarray) else bytes(image)
+
+
+def _as_is(image_HxWxC: np.ndarray, size: int) -> np.ndarray:
+    """The image itself when it is size x size, else resized (shorter side to `size`)
+    and centre-cropped to it."""
+    if image_HxWxC.shape[:2] == (size, size):
+        return image_HxWxC
+    return images.eval_image(np.ascontiguousarray(image_HxWxC), size=size, resize=size)
+
+
 def _box(record, settings: ImageSettings):
     return record["bbox"] if settings.use_bbox else None
 
@@ -106,14 +120,21 @@ class TrainTransform(_Transform):
 
 
 class EvalTransform(_Transform):
-    """record (with "valid") -> unaugmented example."""
+    """record (with "valid") -> unaugmented example.
+
+    The one preprocessing of evaluation and prediction (`hierjax.inference`): "pad_crop"
+    takes the image as it is (an image of another size than size x size, e.g. a new
+    photo given to predict, is resized: shorter side to `size`, centre crop); the others
+    resize the shorter side to `resize` and take the centre crop. `image` may be encoded
+    bytes or a decoded uint8 [H, W, 3] array."""
 
     def map(self, record: dict) -> dict:
         s = self.settings
         if s.train_crop == "pad_crop":
-            image = self._named(record, lambda: _decoded(record["image"]))
+            image = self._named(record, lambda: _as_is(_decoded(record["image"]), s.size))
         else:
             image = self._named(record, lambda: images.eval_image(
-                bytes(record["image"]), size=s.size, resize=s.resize, box=_box(record, s)))
+                _encoded(record["image"]), size=s.size, resize=s.resize,
+                box=_box(record, s)))
         return {"image": image, "labels": np.asarray(record["labels"], np.int32),
                 "valid": np.bool_(record["valid"])}

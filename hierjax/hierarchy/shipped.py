@@ -16,6 +16,9 @@ from it (errata fixed) and the class order. Row i is the dataset's official clas
 - `cars/model_bodytype`: Stanford Cars, 196 models -> 9 body types.
 - `dogs/suffix`: Stanford Dogs, 120 breeds -> 78 groups by the last `_` token, lower-cased.
 - `cifar100/class_superclass`: CIFAR-100, 100 classes -> 20 official superclasses.
+- `cifar100/transfer_source`, `cifar100/transfer_target`: the transfer split of
+  CIFAR-100 (BENCHMARKS.md): per superclass, the 2 lowest official fine ids (40
+  classes) and the other 3 (60 classes), both under the 20 superclasses.
 
 These are facts about public datasets, re-tabulated from public sources; the datasets
 themselves keep their own terms.
@@ -37,6 +40,8 @@ NAMES: dict[str, str] = {
     "cars/model_bodytype": "cars_model_bodytype.csv",
     "dogs/suffix": "dogs_suffix.csv",
     "cifar100/class_superclass": "cifar100_class_superclass.csv",
+    "cifar100/transfer_source": "cifar100_transfer_source.csv",
+    "cifar100/transfer_target": "cifar100_transfer_target.csv",
 }
 
 

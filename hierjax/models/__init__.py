@@ -5,8 +5,12 @@ that `hierjax.settings.ModelSettings` (validated keys of `config.model`) and the
 (`cascade`: one head per hierarchy level; `skip`: the coarser heads also see the
 features) describe. The parameters have two top-level names: `BACKBONE_PARAMS`
 ("backbone", the pretrainable feature extractor) and `HEADS_PARAMS` ("heads": every newly
-initialised layer, i.e. the classifier heads and the bilinear reduction), so the
-optimizer can give the heads their own learning rate.
+initialised layer, i.e. the classifier heads, the auxiliary heads' classifiers and the
+bilinear reduction), so the optimizer can give the heads their own learning rate.
+
+Backbones (`config.model.name`): resnet18/34/50/101, wrn, vgg16/19, alexnet, googlenet,
+inception_v3; which layer feeds the heads (`config.model.features`), the auxiliary
+heads and the smallest inputs are in `hierjax.models.specs`.
 """
 
 from __future__ import annotations
@@ -16,9 +20,13 @@ from collections.abc import Sequence
 import jax.numpy as jnp
 from flax import linen as nn
 
+from hierjax.models import specs
+from hierjax.models.alexnet import AlexNet
 from hierjax.models.bilinear import BilinearPool
 from hierjax.models.classifier import Classifier
+from hierjax.models.googlenet import GoogLeNet
 from hierjax.models.heads import CascadedHeads
+from hierjax.models.inception_v3 import InceptionV3
 from hierjax.models.resnet import ResNet
 from hierjax.models.vgg import VGG
 from hierjax.models.wrn import WideResNet
@@ -26,9 +34,12 @@ from hierjax.models.wrn import WideResNet
 __all__ = [
     "BACKBONE_PARAMS",
     "HEADS_PARAMS",
+    "AlexNet",
     "BilinearPool",
     "CascadedHeads",
     "Classifier",
+    "GoogLeNet",
+    "InceptionV3",
     "ResNet",
     "VGG",
     "WideResNet",
@@ -41,14 +52,24 @@ HEADS_PARAMS = "heads"
 
 
 def _backbone(model, *, pool: bool, dtype, bn_axis_name: str | None) -> nn.Module:
-    """The backbone module that `model.name` selects."""
+    """The backbone module that `model.name` selects ('' features: the network's
+    default, `specs.resolve_features`)."""
     common = dict(dtype=dtype, bn_axis_name=bn_axis_name)
+    features = specs.resolve_features(model.name, model.features)
+    inception = dict(aux_logits=model.aux_logits, pool=pool,
+                     transform_input=specs.uses_transform_input(model.name, model.pretrained))
     if model.name.startswith("resnet"):
         return ResNet(int(model.name.removeprefix("resnet")), small_input=model.small_input,
                       pool=pool, **common)
     if model.name.startswith("vgg"):
         return VGG(int(model.name.removeprefix("vgg")), batchnorm=model.vgg_batchnorm,
-                   pool=pool, **common)
+                   pool=pool, features=features, **common)
+    if model.name == "alexnet":
+        return AlexNet(features=features, pool=pool, **common)
+    if model.name == "googlenet":
+        return GoogLeNet(**inception, **common)
+    if model.name == "inception_v3":
+        return InceptionV3(**inception, **common)
     if model.name == "wrn":
         return WideResNet(depth=model.wrn_depth, width=model.wrn_width,
                           dropout=model.dropout, pool=pool, **common)

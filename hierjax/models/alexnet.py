@@ -1,6 +1,5 @@
 """AlexNet as torchvision builds it (Krizhevsky's "one weird trick" variant), as a
-feature extractor; plus the torch-exact pooling and flattening that the networks with
-fully connected layers (AlexNet, VGG fc7, GoogLeNet's auxiliary heads) share.
+feature extractor.
 
 torchvision's AlexNet: five convs with bias and no BatchNorm (64, 192, 384, 256, 256
 channels; 11x11/4, 5x5, 3x3, 3x3, 3x3), 3x3/2 max pools after conv1, conv2 and conv5,
@@ -15,82 +14,13 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import linen as nn
 
-from hierjax.models.layers import Backbone, Dtype, conv2d, conv_kernel_init, global_avg_pool
+from hierjax.models.layers import (Backbone, adaptive_avg_pool, check_features, conv2d,
+                                   conv_kernel_init, dense, flatten_chw, global_avg_pool)
 
-FEATURES = ("pool", "fc7")
+FEATURES = ("fc7", "pool")  # what `features` may be; the first is the default
 MIN_SIZE = {"fc7": 63, "pool": 31}  # smallest inputs with a non-empty conv5 (pool 5) map
-
-# torchvision initialises the VGG classifier's Linear layers with N(0, 0.01); it works
-# as well for AlexNet's and GoogLeNet's, which are trained with the same recipe.
-fc_kernel_init = nn.initializers.normal(stddev=0.01)
-
-
-def dense(features: int, *, dtype: Dtype, name: str) -> nn.Dense:
-    """A fully connected layer with float32 parameters, computing in `dtype`."""
-    return nn.Dense(
-        features, dtype=dtype, param_dtype=jnp.float32, kernel_init=fc_kernel_init, name=name
-    )
-
-
-def _bin_matrix(size_in: int, size_out: int) -> np.ndarray:
-    """[size_out, size_in] averaging weights of torch's adaptive pooling along one axis.
-
-    Output bin i averages inputs floor(i * n / m) .. ceil((i + 1) * n / m) - 1 (n in,
-    m out): equal bins when m divides n, overlapping ones otherwise, and repeated inputs
-    when m > n.
-    """
-    weights = np.zeros((size_out, size_in), np.float32)
-    for i in range(size_out):
-        start = (i * size_in) // size_out
-        end = -(-((i + 1) * size_in) // size_out)
-        weights[i, start:end] = 1.0 / (end - start)
-    return weights
-
-
-def adaptive_avg_pool(x_BxHxWxC: jax.Array, size: tuple[int, int]) -> jax.Array:
-    """torch's `AdaptiveAvgPool2d(size)` on an NHWC map: [B, H, W, C] -> [B, h, w, C].
-
-    Any H, W work (larger, equal or smaller than the target); equal is the identity.
-    The averages are taken in float32 and returned in the input's dtype.
-    """
-    _, height, width, _ = x_BxHxWxC.shape
-    if not (height and width):
-        raise ValueError(f"adaptive pooling of an empty {height}x{width} map: the input "
-                         f"is too small for this network")
-    if (height, width) == tuple(size):
-        return x_BxHxWxC
-    rows_hxH = _bin_matrix(height, size[0])
-    cols_wxW = _bin_matrix(width, size[1])
-    # HIGHEST: GPUs would otherwise average float32 maps in TF32.
-    y = jnp.einsum("hH,bHWc,wW->bhwc", rows_hxH, x_BxHxWxC.astype(jnp.float32), cols_wxW,
-                   precision=jax.lax.Precision.HIGHEST)
-    return y.astype(x_BxHxWxC.dtype)
-
-
-def flatten_chw(x_BxHxWxC: jax.Array) -> jax.Array:
-    """[B, H, W, C] -> [B, C * H * W] in torch's NCHW flatten order (C, then H, then W).
-
-    The fully connected layers after a flatten keep torchvision's input order, so its
-    weights load with a plain transpose, and so do timm's, which store VGG's fc6 as a
-    7x7 conv whose [out, C, 7, 7] weight flattens in the same order.
-    """
-    batch = x_BxHxWxC.shape[0]
-    return jnp.transpose(x_BxHxWxC, (0, 3, 1, 2)).reshape(batch, -1)
-
-
-def check_features(features: str, pool: bool, model: str) -> None:
-    """ValueError unless `features` is "pool" or "fc7", and pool=False goes with "pool"."""
-    if features not in FEATURES:
-        raise ValueError(f"{model} features must be one of {list(FEATURES)}; got {features!r}")
-    if features == "fc7" and not pool:
-        raise ValueError(
-            f"{model}: pool=False returns the conv5 map (for bilinear pooling), which "
-            f"needs features='pool'; got features='fc7'"
-        )
-
 
 class AlexNet(Backbone):
     """AlexNet backbone: images [B, H, W, 3] -> features f32 [B, 4096 or 256] (or a map).

@@ -33,12 +33,11 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from hierjax.models.alexnet import adaptive_avg_pool, dense, flatten_chw
-from hierjax.models.layers import Backbone, Dtype, ModuleDef, conv_kernel_init, global_avg_pool
+from hierjax.models.layers import (Backbone, Dtype, ModuleDef, adaptive_avg_pool,
+                                   conv_kernel_init, dense, flatten_chw, global_avg_pool,
+                                   renormalise_for_inception)
 
-# ImageNet's statistics, with which hierjax.data normalises the fine-grained data sets.
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+MIN_SIZE = 15  # smallest input the ceil-mode pools take down to a 1x1 inception5b map
 
 # name -> (1x1, 3x3 reduce, 3x3, "5x5" reduce, "5x5", pool projection) channels, the
 # paper's Table 1 as torchvision has it.
@@ -57,17 +56,6 @@ INCEPTION_BLOCKS: dict[str, tuple[int, int, int, int, int, int]] = {
 
 def _pair(value: int | tuple[int, int]) -> tuple[int, int]:
     return (value, value) if isinstance(value, int) else tuple(value)
-
-
-def renormalise_for_inception(x_BxHxWx3: jax.Array) -> jax.Array:
-    """Re-normalises ImageNet-normalised images to (x - 0.5) / 0.5 per channel.
-
-    x' = x * std / 0.5 + (mean - 0.5) / 0.5 undoes (x - mean) / std and applies the
-    normalisation that torchvision's GoogLeNet and Inception-V3 weights (ported from
-    TensorFlow) expect; torchvision sets transform_input=True for them.
-    """
-    mean, std = jnp.asarray(IMAGENET_MEAN), jnp.asarray(IMAGENET_STD)
-    return x_BxHxWx3 * (std / 0.5) + (mean - 0.5) / 0.5
 
 
 def max_pool_ceil(x_BxHxWxC: jax.Array, window: int, stride: int, padding: int = 0) -> jax.Array:
@@ -178,10 +166,11 @@ class GoogLeNetAux(nn.Module):
 class GoogLeNet(Backbone):
     """GoogLeNet backbone: images [B, H, W, 3] -> features f32 [B, 1024] (or a map).
 
-    With aux_logits and train=True the call returns `(features, (aux1, aux2))`, where
+    With aux_logits, in training (and in `init`, so that the heads' variables exist
+    whatever mode initialises them) the call returns `(features, (aux1, aux2))`, where
     aux1/aux2 f32 [B, 1024] are the auxiliary heads' fc1 outputs after ReLU and dropout
     (after inception4a and 4d); a new head on each replaces torchvision's fc2.
-    Otherwise it returns the features alone.
+    Otherwise (evaluation) it returns the features alone.
 
     Attributes:
       aux_logits: build the two auxiliary heads (trained only: torchvision's pretrained
@@ -197,7 +186,7 @@ class GoogLeNet(Backbone):
         torchvision's 0.001 here.
 
     At 224 px the inception5b map is 7x7 (stride 32); the ceil-mode pools keep every
-    map non-empty, so small inputs (16 px and up) run too.
+    map non-empty down to 15 px inputs (`MIN_SIZE`).
     """
 
     aux_logits: bool = False
@@ -212,6 +201,9 @@ class GoogLeNet(Backbone):
     def __call__(
         self, x_BxHxWx3: jax.Array, *, train: bool
     ) -> jax.Array | tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+        if min(x_BxHxWx3.shape[1:3]) < MIN_SIZE:
+            raise ValueError(f"GoogLeNet needs inputs of at least {MIN_SIZE}x{MIN_SIZE} px; "
+                             f"got {x_BxHxWx3.shape[1:3]}")
         norm = self.norm(train)
         conv = functools.partial(BasicConv2d, norm=norm, dtype=self.dtype)
         # The heads are built at init even when it runs in eval mode, so that a model
@@ -232,4 +224,4 @@ class GoogLeNet(Backbone):
                 aux.append(head(x, train=train))
         if self.pool:
             x = nn.Dropout(self.dropout, deterministic=not train)(global_avg_pool(x))
-        return (x, tuple(aux)) if self.aux_logits and train else x
+        return (x, tuple(aux)) if with_aux else x

@@ -30,8 +30,9 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from hierjax.models.googlenet import BasicConv2d, renormalise_for_inception
-from hierjax.models.layers import Backbone, Dtype, ModuleDef, global_avg_pool
+from hierjax.models.googlenet import BasicConv2d
+from hierjax.models.layers import (Backbone, Dtype, ModuleDef, global_avg_pool,
+                                   renormalise_for_inception)
 
 MIN_SIZE = 75  # smallest input with a non-empty Mixed_7c map (1x1)
 MIN_AUX_SIZE = 299  # smallest input whose 17x17 Mixed_6e map fits the aux head's convs
@@ -168,14 +169,16 @@ class InceptionAux(_Block):
 class InceptionV3(Backbone):
     """Inception-V3 backbone: images [B, H, W, 3] -> features f32 [B, 2048] (or a map).
 
-    With aux_logits and train=True the call returns `(features, (aux,))`, aux f32
+    With aux_logits, in training (and in `init`, so that the head's variables exist
+    whatever mode initialises them) the call returns `(features, (aux,))`, aux f32
     [B, 768] being the auxiliary head's pooled conv1 output (`InceptionAux`), on which a
-    new head replaces torchvision's AuxLogits.fc. Otherwise it returns the features.
+    new head replaces torchvision's AuxLogits.fc. Otherwise (evaluation) it returns the
+    features alone.
 
     Attributes:
       aux_logits: build the auxiliary head (needs inputs of at least 299 px).
       transform_input: re-normalise ImageNet-normalised inputs as the pretrained
-        weights expect (`googlenet.renormalise_for_inception`); True for
+        weights expect (`layers.renormalise_for_inception`); True for
         torchvision's pretrained weights and timm's inception_v3.tv_in1k.
       pool: True returns the global average after dropout [B, 2048]; False the Mixed_7c
         map [B, H', W', 2048] in `dtype` (for bilinear pooling).
@@ -221,11 +224,12 @@ class InceptionV3(Backbone):
         aux = ()
         # Built at init even in eval mode, so that a model initialised with train=False
         # can train with the head.
-        if self.aux_logits and (train or self.is_initializing()):
+        with_aux = self.aux_logits and (train or self.is_initializing())
+        if with_aux:
             aux = (InceptionAux(**block, name="AuxLogits")(x),)
         x = InceptionD(**block, name="Mixed_7a")(x)
         x = InceptionE(**block, name="Mixed_7b")(x)
         x = InceptionE(**block, name="Mixed_7c")(x)
         if self.pool:
             x = nn.Dropout(self.dropout, deterministic=not train)(global_avg_pool(x))
-        return (x, aux) if self.aux_logits and train else x
+        return (x, aux) if with_aux else x

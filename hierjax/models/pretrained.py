@@ -51,12 +51,14 @@ BN weight -> scale, bias -> bias (params), running_mean -> mean, running_var -> 
 (batch_stats); num_batches_tracked is ignored. WRN has no pretrained counterpart.
 
 config.model.features ("pool" | "fc7") and config.model.aux_logits (bool) are read
-where they apply; a config without them reads as "pool" and False.
+where they apply; '' or a config without them reads as the network's default
+(`hierjax.models.specs`: fc7 for AlexNet, pool otherwise) and False.
 
 Torchvision's GoogLeNet and Inception-V3 weights expect inputs normalised to
 (x - 0.5) / 0.5: build those backbones with transform_input=True when the pipeline
-normalises with ImageNet's mean and std. Torchvision's GoogLeNet file carries aux heads
-that were never trained (its own model drops them).
+normalises with ImageNet's mean and std (`build_model` does whenever
+config.model.pretrained is set: `specs.uses_transform_input`). Torchvision's GoogLeNet
+file carries aux heads that were never trained (its own model drops them).
 """
 
 from __future__ import annotations
@@ -73,7 +75,7 @@ import safetensors.numpy
 from absl import logging
 from flax import traverse_util
 
-from hierjax.models import BACKBONE_PARAMS, resnet, vgg
+from hierjax.models import BACKBONE_PARAMS, resnet, specs, vgg
 from hierjax.errors import PretrainedError, PretrainedNotFound
 
 CONFIG_KEY = "config.model.pretrained"
@@ -194,8 +196,8 @@ def _googlenet_module(path: tuple[str, ...]) -> str:
 
 
 def _features(model_config: Any) -> str:
-    """config.model.features; "pool", what VGG did before the option, when absent."""
-    return getattr(model_config, "features", "pool")
+    """config.model.features; the network's default when '' or absent."""
+    return specs.resolve_features(model_config.name, getattr(model_config, "features", ""))
 
 
 def _aux_logits(model_config: Any) -> bool:

@@ -4,7 +4,7 @@ Five blocks of 3x3 convs (64, 128, 256, 512, 512 channels), each but the last fo
 by a 2x2/2 max pool. Two kinds of features:
 
   "pool"  the global average of the conv5 map [B, 512]: no fifth pool, no fully
-          connected layers, any input size works; bilinear pooling uses that map too
+          connected layers, 16 px and up; bilinear pooling uses that map too
           (pool=False), as Lin et al. do with conv5_3.
   "fc7"   torchvision's classifier up to fc7 [B, 4096]: fifth max pool, adaptive
           average pool to 7x7, flatten in torch's (C, H, W) order, fc6 (25088 -> 4096),
@@ -24,12 +24,14 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from hierjax.models.alexnet import adaptive_avg_pool, check_features, dense, flatten_chw
-from hierjax.models.layers import Backbone, conv2d, global_avg_pool
+from hierjax.models.layers import (Backbone, adaptive_avg_pool, check_features, conv2d, dense,
+                                   flatten_chw, global_avg_pool)
 
 # depth -> convs per block
 LAYOUTS: dict[int, tuple[int, ...]] = {16: (2, 2, 3, 3, 3), 19: (2, 2, 4, 4, 4)}
 BLOCK_WIDTHS = (64, 128, 256, 512, 512)
+FEATURES = ("pool", "fc7")  # what `features` may be; the first is the default
+MIN_SIZE = {"pool": 16, "fc7": 32}  # smallest inputs whose last pooled map is non-empty
 
 
 class VGG(Backbone):
@@ -43,8 +45,8 @@ class VGG(Backbone):
       features: "pool" (global average of conv5, [B, 512]) or "fc7" (torchvision's fc7
         after ReLU and dropout, [B, 4096]); see the module docstring. At 224 px the
         fifth pool gives 7x7, fc6's input size, and the adaptive pool is the identity;
-        other sizes (32 px and up) are averaged down or repeated up to 7x7 as torch
-        does.
+        other sizes (32 px and up; "pool": 16 px and up, `MIN_SIZE`) are averaged down
+        or repeated up to 7x7 as torch does.
       dropout: rate of the dropouts after fc6 and fc7 in training (0.5 as in
         torchvision); features="fc7" only.
       dtype, bn_axis_name, bn_momentum, bn_epsilon: see `Backbone` (the BN settings
@@ -62,6 +64,11 @@ class VGG(Backbone):
         if self.depth not in LAYOUTS:
             raise ValueError(f"VGG depth must be one of {sorted(LAYOUTS)}; got {self.depth}")
         check_features(self.features, self.pool, "VGG")
+        if min(x_BxHxWxC.shape[1:3]) < MIN_SIZE[self.features]:
+            raise ValueError(
+                f"VGG with features={self.features!r} needs inputs of at least "
+                f"{MIN_SIZE[self.features]}x{MIN_SIZE[self.features]} px; got "
+                f"{x_BxHxWxC.shape[1:3]}")
         norm = self.norm(train)
         x = x_BxHxWxC
         for i, (width, num_convs) in enumerate(zip(BLOCK_WIDTHS, LAYOUTS[self.depth]), start=1):
