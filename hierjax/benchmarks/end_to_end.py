@@ -17,19 +17,15 @@ before/after comparison; that checkout must log `images_per_s`).
 
 from __future__ import annotations
 
-import functools
-import json
 import statistics
-import subprocess
 import sys
-import tempfile
-import time
 from pathlib import Path
 
 from absl import app, flags
 from ml_collections import config_flags
 
 from hierjax.benchmarks import common
+from hierjax.benchmarks.throughput import bare_step_images_per_second, main_images_per_second
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config of both measurements.")
 _RUNS = flags.DEFINE_integer("runs", 3, "Alternating repeats of each measurement.")
@@ -38,55 +34,6 @@ _LOG_EVERY = flags.DEFINE_integer("log_every", 20, "Steps per metrics.jsonl row.
 _TREE = flags.DEFINE_string("tree", "", "Checkout whose hierjax.main to run (default: this).")
 _WRITE = flags.DEFINE_string("write", "", "BENCHMARKS.md section name to write the table to.")
 flags.mark_flags_as_required(["config"])
-
-
-def _overrides(argv) -> list[str]:
-    return [a for a in argv if a.startswith("--config.") or a.startswith("--config=")]
-
-
-def main_images_per_second(argv, tree: Path, *, steps: int, log_every: int) -> float:
-    """Median steady-state img/s of one `hierjax.main` run of the `--config` flags in
-    `argv`: the training rows' `images_per_s` after the first two."""
-    with tempfile.TemporaryDirectory() as workdir:
-        every = log_every
-        cmd = [sys.executable, "-m", "hierjax.main", f"--workdir={workdir}",
-               *_overrides(argv), f"--config.num_steps={steps}",
-               f"--config.log_every_steps={every}", f"--config.eval_every_steps={10**9}",
-               f"--config.checkpoint_every_steps={10**9}"]
-        out = subprocess.run(cmd, cwd=tree, capture_output=True, text=True)
-        if out.returncode:
-            raise RuntimeError(f"hierjax.main failed:\n{out.stderr[-3000:]}")
-        rows = [json.loads(line) for line in (Path(workdir) / "metrics.jsonl").open()]
-    rates = [r["images_per_s"] for r in rows if r["split"] == "train"][2:]
-    return statistics.median(rates)
-
-
-def bare_step_images_per_second(settings, steps: int) -> float:
-    """img/s of the pmapped train step alone on one batch already on the devices."""
-    import jax
-
-    from hierjax import data, train
-    from hierjax.prefetch import DevicePrefetch, replicate
-    from hierjax.train_step import AXIS, init_state, train_step
-
-    inputs = data.build_input(settings, num_devices=jax.local_device_count())
-    try:
-        batch = next(DevicePrefetch(inputs.train, size=1))
-        ctx = train.build_context(settings, inputs.hierarchy, total_steps=10**6,
-                                  steps_per_epoch=inputs.train.steps_per_epoch)
-        state = replicate(init_state(jax.random.key(0), ctx, inputs.image_shape))
-    finally:
-        inputs.close()
-    step = jax.pmap(functools.partial(train_step, ctx=ctx), axis_name=AXIS,
-                    in_axes=(0, 0, None), donate_argnums=(0,))
-    key = jax.random.key(1)
-    state, scalars = step(state, batch, key)  # compile
-    jax.block_until_ready(scalars)
-    start = time.perf_counter()
-    for _ in range(steps):
-        state, scalars = step(state, batch, key)
-    jax.block_until_ready((state, scalars))
-    return steps * settings.batch_size / (time.perf_counter() - start)
 
 
 def main(argv):

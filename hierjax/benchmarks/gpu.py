@@ -138,7 +138,7 @@ def pipeline_section(num_images: int, budget: Budget) -> list[str]:
 
 def end_to_end_section(overrides: list[str], steps: int, budget: Budget) -> list[str]:
     from hierjax import settings
-    from hierjax.benchmarks import end_to_end
+    from hierjax.benchmarks import throughput
 
     lines = ["| measurement | img/s |", "|---|---:|"]
     if not budget.allows("end to end"):
@@ -147,10 +147,10 @@ def end_to_end_section(overrides: list[str], steps: int, budget: Budget) -> list
     settings.set_keys(config, {k: _parse(v) for k, v in
                                (o[len("--config."):].split("=", 1) for o in overrides)})
     s = settings.resolve(config)
-    e2e = end_to_end.main_images_per_second(["--config=configs/default.py", *overrides],
+    e2e = throughput.main_images_per_second(["--config=configs/default.py", *overrides],
                                             common.REPO_ROOT, steps=steps,
                                             log_every=max(steps // 8, 1))
-    bare = end_to_end.bare_step_images_per_second(s, steps // 2)
+    bare = throughput.bare_step_images_per_second(s, steps // 2)
     lines += [f"| `hierjax.main`, steady state | {e2e:,.0f} |",
               f"| bare pmapped train step | {bare:,.0f} |",
               f"| ratio | {e2e / bare:.2f} |"]
