@@ -466,3 +466,17 @@ def recipes_config(path):
 def test_user_errors_share_one_base_class():
     for cls in (ConfigError, DataError, CheckpointError, WorkdirError):
         assert issubclass(cls, UserError)
+
+
+def test_pad_crop_on_photos_of_another_size_is_an_error_naming_the_file(tmp_path):
+    """'pad_crop' keeps images at their size: a 12 x 14 photo under image_size 8 would
+    train at 12 x 14 while evaluation resizes to 8 x 8; it must say so instead."""
+    csv = _bird_folder(tmp_path)
+    source = ImageFolderSource(str(tmp_path / "images"), "train", str(csv))
+    transform = TrainTransform(ImageSettings(size=8, resize=9, train_crop="pad_crop"), seed=0)
+    with pytest.raises(DataError, match=r"a\.jpg is 12 x 14 px, .*'pad_crop'.*image_size = 8"):
+        transform.map({**source[0], "g": 0})
+    square = TrainTransform(ImageSettings(size=12, resize=12, train_crop="pad_crop"), seed=0)
+    Image.fromarray(np.zeros((12, 12, 3), np.uint8)).save(tmp_path / "images/train/wren/a.jpg")
+    assert square.map({**source[source.paths.index(str(tmp_path / "images/train/wren/a.jpg"))],
+                       "g": 0})["image"].shape == (12, 12, 3)

@@ -3,13 +3,15 @@
     python -m hierjax.benchmarks.end_to_end \
         --config=configs/cifar100_wrn.py:depth=10,width=1 --config.batch_size=64 --runs=5
     python -m hierjax.benchmarks.end_to_end --config=... --tree=/path/to/other/checkout
+    python -m hierjax.benchmarks.end_to_end --config=configs/default.py \
+        --config.data.image_size=448 --photo_folder=512 ...     # file-backed, 448 px
 
 End to end: `python -m hierjax.main` with the given config in a fresh workdir, `--steps`
 steps logged every `--log_every`, no evaluation or checkpoint before the end; its
 throughput is the median of the `images_per_s` of metrics.jsonl's training rows after
 the first two (the first includes compilation). Bare step: in this process, the pmapped
 `train_step` of the same settings on every local device, on one real batch of the same
-input already on the devices, `--steps` steps dispatched back to back then waited for
+input already on the devices, `--steps` / 2 steps dispatched back to back then waited for
 (median of `--runs` timings). The two alternate `--runs` times, and the table gives each
 median and their ratio. `--tree` runs `hierjax.main` of another checkout instead (for a
 before/after comparison; that checkout must log `images_per_s`).
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import statistics
 import sys
+import tempfile
 from pathlib import Path
 
 from absl import app, flags
@@ -33,17 +36,37 @@ _STEPS = flags.DEFINE_integer("steps", 240, "Training steps per run.")
 _LOG_EVERY = flags.DEFINE_integer("log_every", 20, "Steps per metrics.jsonl row.")
 _TREE = flags.DEFINE_string("tree", "", "Checkout whose hierjax.main to run (default: this).")
 _WRITE = flags.DEFINE_string("write", "", "BENCHMARKS.md section name to write the table to.")
+_PHOTO_FOLDER = flags.DEFINE_integer(
+    "photo_folder", 0, "If > 0: train on an image folder of this many photo-like 500 x 375 "
+    "JPEGs (hierjax.benchmarks.photos, 16 classes under 4 groups) written to a temporary "
+    "directory, instead of the config's data (the file-backed measurement).")
 flags.mark_flags_as_required(["config"])
 
 
 def main(argv):
+    with tempfile.TemporaryDirectory() as folder:
+        data_keys = {}
+        if _PHOTO_FOLDER.value:
+            from hierjax.benchmarks import pipeline
+
+            print(f"writing {_PHOTO_FOLDER.value} photo-like JPEGs to {folder} ...", flush=True)
+            csv = pipeline.write_image_folder(Path(folder), num_train=_PHOTO_FOLDER.value,
+                                              num_eval=16)
+            data_keys = {"data.name": "image_folder", "data.data_dir": folder,
+                         "data.hierarchy": str(csv)}
+        measure(data_keys)
+
+
+def measure(data_keys: dict) -> None:
     from hierjax import settings as settings_lib
 
-    s = settings_lib.resolve(_CONFIG.value)
+    config = settings_lib.set_keys(_CONFIG.value.copy_and_resolve_references(), data_keys)
+    s = settings_lib.resolve(config)
+    argv = [*sys.argv, *(f"--config.{key}={value}" for key, value in data_keys.items())]
     tree = Path(_TREE.value or common.REPO_ROOT)
     e2e, bare = [], []
     for run in range(_RUNS.value):
-        e2e.append(main_images_per_second(sys.argv, tree, steps=_STEPS.value,
+        e2e.append(main_images_per_second(argv, tree, steps=_STEPS.value,
                                           log_every=_LOG_EVERY.value))
         bare.append(bare_step_images_per_second(s, _STEPS.value // 2))
         print(f"run {run}: hierjax.main {e2e[-1]:.0f} img/s, bare step {bare[-1]:.0f} img/s",
@@ -52,7 +75,8 @@ def main(argv):
     body = "\n".join([
         f"{common.hardware_line()}. `python -m hierjax.benchmarks.end_to_end "
         f"{' '.join(sys.argv[1:])}`: variant {s.variant}, {s.model.name}, "
-        f"{s.data.name}, batch {s.batch_size}, {s.data.num_workers} workers; medians of "
+        f"{s.data.name} ({s.data.image_size} px), batch {s.batch_size}, "
+        f"{s.data.num_workers} workers; medians of "
         f"{_RUNS.value} alternating runs.",
         "",
         "| measurement | img/s (median) | runs | ratio to the bare step |",

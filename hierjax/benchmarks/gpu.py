@@ -136,7 +136,9 @@ def pipeline_section(num_images: int, budget: Budget) -> list[str]:
     return lines
 
 
-def end_to_end_section(overrides: list[str], steps: int, budget: Budget) -> list[str]:
+def end_to_end_section(overrides: dict, steps: int, budget: Budget) -> list[str]:
+    """`overrides`: {config key: value}, given to `hierjax.main` as `--config.KEY=VALUE`
+    and to the bare step as the same keys."""
     from hierjax import settings
     from hierjax.benchmarks import throughput
 
@@ -144,10 +146,10 @@ def end_to_end_section(overrides: list[str], steps: int, budget: Budget) -> list
     if not budget.allows("end to end"):
         return lines
     config = settings.base_config()
-    settings.set_keys(config, {k: _parse(v) for k, v in
-                               (o[len("--config."):].split("=", 1) for o in overrides)})
+    settings.set_keys(config, overrides)
     s = settings.resolve(config)
-    e2e = throughput.main_images_per_second(["--config=configs/default.py", *overrides],
+    flags = [f"--config.{key}={value}" for key, value in overrides.items()]
+    e2e = throughput.main_images_per_second(["--config=configs/default.py", *flags],
                                             common.REPO_ROOT, steps=steps,
                                             log_every=max(steps // 8, 1))
     bare = throughput.bare_step_images_per_second(s, steps // 2)
@@ -158,26 +160,16 @@ def end_to_end_section(overrides: list[str], steps: int, budget: Budget) -> list
     return lines
 
 
-def _parse(value: str):
-    for kind in (int, float):
-        try:
-            return kind(value)
-        except ValueError:
-            pass
-    return {"True": True, "False": False}.get(value, value)
-
-
-def _end_to_end_overrides(tiny: bool, dtype: str) -> list[str]:
+def _end_to_end_overrides(tiny: bool, dtype: str) -> dict:
     cifar = common.REPO_ROOT.parent / "shared" / "data" / "cifar100"
-    data = ([f"--config.data.name=cifar100", f"--config.data.data_dir={cifar}"]
+    data = ({"data.name": "cifar100", "data.data_dir": str(cifar)}
             if cifar.exists() and not tiny else
-            ["--config.data.name=synthetic", "--config.data.image_size=32"])
-    model = (["--config.model.name=wrn", "--config.model.wrn_depth=10",
-              "--config.model.wrn_width=1", "--config.batch_size=16"] if tiny else
-             ["--config.model.name=wrn", "--config.model.wrn_depth=16",
-              "--config.model.wrn_width=4",
-              f"--config.batch_size={256 * jax.local_device_count()}"])
-    return [*data, *model, f"--config.model.dtype={dtype}", "--config.variant=OURS"]
+            {"data.name": "synthetic", "data.image_size": 32})
+    model = ({"model.name": "wrn", "model.wrn_depth": 10, "model.wrn_width": 1,
+              "batch_size": 16} if tiny else
+             {"model.name": "wrn", "model.wrn_depth": 16, "model.wrn_width": 4,
+              "batch_size": 256 * jax.local_device_count()})
+    return {**data, **model, "model.dtype": dtype, "variant": "OURS"}
 
 
 def main(argv=None) -> None:
@@ -204,6 +196,7 @@ def main(argv=None) -> None:
     pipe_lines = pipeline_section(64 if args.tiny else 1024, budget)
     e2e_overrides = _end_to_end_overrides(args.tiny, dtype)
     e2e_lines = end_to_end_section(e2e_overrides, 12 if args.tiny else 240, budget)
+    e2e_flags = " ".join(f"--config.{key}={value}" for key, value in e2e_overrides.items())
     elapsed = time.perf_counter() - started
     skipped = (f" Skipped (over the {args.budget_s:.0f} s budget): "
                f"{'; '.join(budget.skipped)}." if budget.skipped else "")
@@ -221,7 +214,7 @@ def main(argv=None) -> None:
         "", *glm_lines, "",
         "Input pipeline, every host core a worker (448 px, photo-like JPEGs, "
         "`hierjax.benchmarks.pipeline`):", "", *pipe_lines, "",
-        f"End to end (`hierjax.main {' '.join(e2e_overrides)}` against its bare step):",
+        f"End to end (`hierjax.main {e2e_flags}` against its bare step):",
         "", *e2e_lines,
     ])
     print(body)

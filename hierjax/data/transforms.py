@@ -111,7 +111,17 @@ class TrainTransform(_Transform):
         s = self.settings
         rng = np.random.default_rng([self.seed, AUGMENT_STREAM, record["g"]])
         if s.train_crop == "pad_crop":
-            image = self._named(record, lambda: pad_crop_flip(_decoded(record["image"]), rng))
+            image = self._named(record, lambda: _decoded(record["image"]))
+            if image.shape[:2] != (s.size, s.size):
+                # Else the network would silently train on the files' own size while
+                # evaluation resizes to `size`.
+                raise DataError(
+                    f"{record.get('name', 'an example')} is {image.shape[0]} x "
+                    f"{image.shape[1]} px, but config.data.train_crop = 'pad_crop' trains "
+                    f"on images as they are, config.data.image_size = {s.size} square. "
+                    "For photos of any size set config.data.train_crop = "
+                    "'random_resized' or 'resize_random'.")
+            image = pad_crop_flip(image, rng)
         else:
             image = self._named(record, lambda: images.train_image(
                 bytes(record["image"]), rng, size=s.size, resize=s.resize,
