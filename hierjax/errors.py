@@ -56,3 +56,15 @@ class DistributedError(UserError, RuntimeError):
 
 class ModelError(UserError, ValueError):
     """An exported model folder that is missing a file or does not fit its own config."""
+
+
+class Preempted(Exception):
+    """Training stopped early by SIGTERM, its state saved; not an error of the user's and
+    not a result: `hierjax.main` exits 0 (a scheduler requeues the job and the same
+    command resumes), and a caller of `train_and_evaluate` (e.g. a sweep) must not take
+    the metrics of the stopped run for the finished run's."""
+
+    def __init__(self, step: int):
+        super().__init__(f"training stopped by SIGTERM at step {step}; its checkpoint is "
+                         "saved: run the same command again to resume")
+        self.step = step

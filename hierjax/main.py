@@ -75,7 +75,7 @@ def main(argv):
     import jax  # after flag parsing, so --help is fast
 
     from hierjax import distributed, train
-    from hierjax.errors import UserError
+    from hierjax.errors import Preempted, UserError
 
     py_logging.getLogger("absl").addFilter(_QuietOrbax())
     resolved = resolved_settings()
@@ -88,6 +88,8 @@ def main(argv):
     try:
         train.train_and_evaluate(resolved, _WORKDIR.value,
                                  allow_config_change=_ALLOW_CONFIG_CHANGE.value)
+    except Preempted as e:  # saved; exit 0 so that a scheduler requeues the job
+        logging.info("%s", e)
     except UserError as e:
         _fail(str(e))
     except FloatingPointError as e:

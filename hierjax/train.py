@@ -33,6 +33,7 @@ from absl import logging
 from hierjax import data, distributed, metrics, optim, settings as settings_lib
 from hierjax import decode as decode_lib
 from hierjax import workdir as workdir_lib
+from hierjax.errors import Preempted
 from hierjax.checkpointing import Checkpointer, PreemptionFlag
 from hierjax.models import build_model
 from hierjax.prefetch import DevicePrefetch, replicate
@@ -119,7 +120,9 @@ def train_and_evaluate(config, workdir, *, allow_config_change: bool = False
     """Trains `config` (a ConfigDict, resolved here, or `Settings`) in `workdir`,
     resuming from its newest good checkpoint if any. Returns the final evaluation
     metrics (hierjax.metrics.summarize names) plus "step", the step they were measured
-    at. A workdir holds one run at a time, and resumes only under the config it was
+    at (the test split's when the run validates on another). A SIGTERM saves the state,
+    prints the latest evaluation and raises `hierjax.errors.Preempted`. A workdir holds
+    one run at a time, and resumes only under the config it was
     started with (`hierjax.workdir`) unless `allow_config_change`."""
     s = config if isinstance(config, settings_lib.Settings) else settings_lib.resolve(config)
     workdir = pathlib.Path(workdir)
@@ -198,6 +201,8 @@ def _run(s, workdir: pathlib.Path, inputs: data.Input, checkpointer) -> dict[str
         if final is not latest:
             tables.append(_summary(final, hierarchy, split_label(s, "test")))
         print("\n\n".join(tables), flush=True)
+    if stopped:
+        raise Preempted(step)
     return final
 
 

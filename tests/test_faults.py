@@ -23,7 +23,7 @@ from hierjax.checkpointing import Checkpointer, CheckpointMismatch
 from hierjax.data.folder_source import ImageFolderSource
 from hierjax.data.sources import ArraySource, check_labels
 from hierjax.data.transforms import ImageSettings, TrainTransform
-from hierjax.errors import (CheckpointError, ConfigError, DataError, UserError,
+from hierjax.errors import (CheckpointError, ConfigError, DataError, Preempted, UserError,
                             WorkdirError)
 from hierjax.hierarchy import Hierarchy
 from hierjax.losses import cascaded_softmax_loss, coarse_constraint_loss, glm_loss
@@ -266,7 +266,8 @@ def test_sigterm_is_acted_on_within_two_steps_with_a_labelled_summary(tmp_path, 
     monkeypatch.setattr(hierjax.train, "annotate", annotate)
     config = tiny_config(num_steps=10_000, log_every_steps=1000, eval_every_steps=3,
                          checkpoint_every_steps=10_000)
-    result = train.train_and_evaluate(config, tmp_path)
+    with pytest.raises(Preempted) as stopped:  # not a result a caller could take as final
+        train.train_and_evaluate(config, tmp_path)
     latency_s = time.perf_counter() - sent["time"]
     with Checkpointer(tmp_path / "checkpoints", save_interval_steps=1,
                       max_to_keep=2) as ckpt:
@@ -276,7 +277,7 @@ def test_sigterm_is_acted_on_within_two_steps_with_a_labelled_summary(tmp_path, 
     assert signal_step + 1 <= saved <= signal_step + 2, saved
     out = capsys.readouterr().out
     print(f"SIGTERM at step {signal_step}: saved step {saved}, {latency_s:.2f} s later")
-    assert result["step"] == 6  # the latest evaluation, not a new one
+    assert stopped.value.step == saved
     assert f"Latest evaluation (step 6; training stopped by SIGTERM at step {saved})" in out
 
 

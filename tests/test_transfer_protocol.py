@@ -74,6 +74,24 @@ def test_pretrain_then_finetune_and_two_steps(cifar_all_classes, tmp_path):
     assert "| OURS | 2 |" in table and "0.00 ± 0.00" in table
 
 
+def _fake(top1):
+    return {"test": {"top1_from_fine/0": top1}, "val": {"top1_from_fine/0": top1 - 0.01},
+            "curve": [(1.0, top1 - 0.1, 0.5), (2.0, top1, 0.6)], "seconds": 60.0}
+
+
+def test_transfer_plots_are_written(tmp_path):
+    from PIL import Image
+
+    variants.transfer_plot({"SM": [_fake(0.40), _fake(0.42)],
+                            "OURS": [_fake(0.43), _fake(0.44)]}, "variants", "SM",
+                           tmp_path / "v.png")
+    variants.transfer_plot({"b=0.5": [_fake(0.40)], "b=1": [_fake(0.45)]}, "b", None,
+                           tmp_path / "b.png")
+    for name in ("v.png", "b.png"):
+        with Image.open(tmp_path / name) as image:
+            assert image.size[0] > 600 and len(np.unique(np.asarray(image.convert("L")))) > 10
+
+
 def test_study_runs_keep_one_cc_row_when_the_best_b_is_one():
     names = [n for n, _, _ in variants.transfer_study_runs("variants", "OURS", 1.0)]
     assert names.count("CC b=1") == 1 and "CC two-step" in names

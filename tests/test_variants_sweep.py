@@ -40,6 +40,24 @@ def test_train_run_is_cached(tmp_path, monkeypatch):
     assert variants.train_run(config, tmp_path) == json.loads(json.dumps(first))
 
 
+def test_a_preempted_run_is_never_cached_as_a_result(tmp_path, monkeypatch):
+    """A SIGTERM mid-run (e.g. `pkill -f` of the sweep) once left a half-trained run's
+    validation metrics cached as its final test result."""
+    from hierjax.errors import Preempted
+
+    def stopped(*args, **kwargs):
+        raise Preempted(7)
+
+    monkeypatch.setattr(train, "train_and_evaluate", stopped)
+    with pytest.raises(Preempted):
+        variants.train_run(tiny_settings(num_steps=20), tmp_path / "run")
+    assert not (tmp_path / "run" / "result.json").exists()
+    with pytest.raises(Preempted):
+        variants.transfer_run(settings.base_config(), tmp_path / "pretrained", "SM", "SM", {},
+                              0, tmp_path / "t", tmp_path / "t" / "seed0.json")
+    assert not (tmp_path / "t" / "seed0.json").exists()
+
+
 def result(top1, seconds=60.0):
     metrics = {"top1_from_fine/0": top1, "top1_from_fine/1": 0.5, "top5/0": 0.9,
                "mistake_severity": 1.5}

@@ -11,9 +11,9 @@ steps logged every `--log_every`, no evaluation or checkpoint before the end; it
 throughput is the median of the `images_per_s` of metrics.jsonl's training rows after
 the first two (the first includes compilation). Bare step: in this process, the pmapped
 `train_step` of the same settings on every local device, on one real batch of the same
-input already on the devices, `--steps` / 2 steps dispatched back to back then waited for
-(median of `--runs` timings). The two alternate `--runs` times, and the table gives each
-median and their ratio. `--tree` runs `hierjax.main` of another checkout instead (for a
+input already on the devices, `--steps` / 2 steps in chunks of `--log_every` (each
+dispatched back to back, then waited for); its throughput is the median over chunks.
+The two alternate `--runs` times, and the table gives each median and their ratio. `--tree` runs `hierjax.main` of another checkout instead (for a
 before/after comparison; that checkout must log `images_per_s`).
 """
 
@@ -43,6 +43,10 @@ _PHOTO_FOLDER = flags.DEFINE_integer(
 flags.mark_flags_as_required(["config"])
 
 
+def _rate(images_per_s: float) -> str:
+    return f"{images_per_s:.0f}" if images_per_s >= 100 else f"{images_per_s:.3g}"
+
+
 def main(argv):
     with tempfile.TemporaryDirectory() as folder:
         data_keys = {}
@@ -68,9 +72,10 @@ def measure(data_keys: dict) -> None:
     for run in range(_RUNS.value):
         e2e.append(main_images_per_second(argv, tree, steps=_STEPS.value,
                                           log_every=_LOG_EVERY.value))
-        bare.append(bare_step_images_per_second(s, _STEPS.value // 2))
-        print(f"run {run}: hierjax.main {e2e[-1]:.0f} img/s, bare step {bare[-1]:.0f} img/s",
-              flush=True)
+        bare.append(bare_step_images_per_second(s, _STEPS.value // 2,
+                                                chunk=_LOG_EVERY.value))
+        print(f"run {run}: hierjax.main {_rate(e2e[-1])} img/s, "
+              f"bare step {_rate(bare[-1])} img/s", flush=True)
     m_e2e, m_bare = statistics.median(e2e), statistics.median(bare)
     body = "\n".join([
         f"{common.hardware_line()}. `python -m hierjax.benchmarks.end_to_end "
@@ -81,10 +86,10 @@ def measure(data_keys: dict) -> None:
         "",
         "| measurement | img/s (median) | runs | ratio to the bare step |",
         "|---|---:|---|---:|",
-        f"| `hierjax.main`, steady state | {m_e2e:.0f} | {', '.join(f'{r:.0f}' for r in e2e)} "
+        f"| `hierjax.main`, steady state | {_rate(m_e2e)} | {', '.join(map(_rate, e2e))} "
         f"| {m_e2e / m_bare:.2f} |",
-        f"| bare pmapped train step, batch on the devices | {m_bare:.0f} | "
-        f"{', '.join(f'{r:.0f}' for r in bare)} | 1.00 |",
+        f"| bare pmapped train step, batch on the devices | {_rate(m_bare)} | "
+        f"{', '.join(map(_rate, bare))} | 1.00 |",
     ])
     print(body)
     if _WRITE.value:

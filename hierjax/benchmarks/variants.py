@@ -10,7 +10,11 @@ runs of a study share network, epochs, batch size and schedule):
 - `variants`: SM, SM-GLM, CSM, CSM-GLM, SC-CSM, OURS, CC (b = 1), CC (b = 2), OURS+CC,
   and OURS with the P x Q x K hierarchical sampler (`OURS+PQK`, `sampler_pqk` as set);
 - `lambda`: `--variant` at loss.glm_weight = 0.2, 0.4, ..., 1.4 (the paper's grid);
-- `k`: `--variant` at loss.glm_k = 1, 3, 5, 10.
+- `k`: `--variant` at loss.glm_k = 1, 3, 5, 10;
+- `scale`: GLM's scale question from scratch: SM, and OURS at lambda = 0.05 and 0.8,
+  each on raw and on L2-normalised features (`loss.glm_normalize`).
+Each finished run's result is also written to `--results`/scratch/<study>/<run>/
+seed<s>.json (committed, and reused like the transfer results).
 `--protocol=transfer` runs the transfer protocol of BENCHMARKS.md
 (`hierjax.benchmarks.transfer`): the base config's network is pretrained with flat
 softmax on the CIFAR-100 source classes once (WORKDIR/pretrain, `--pretrain_epochs`,
@@ -49,7 +53,7 @@ from hierjax.benchmarks import common, stats, transfer
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Base config of every run.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where the runs and results go.")
 _SEEDS = flags.DEFINE_integer("seeds", 3, "Seeds per run (0, 1, ...).")
-_STUDY = flags.DEFINE_enum("study", "variants", ["variants", "lambda", "k", "b", "lr"],
+_STUDY = flags.DEFINE_enum("study", "variants", ["variants", "lambda", "k", "scale", "b", "lr"],
                           "What to vary (b, lr: transfer protocol).")
 _VARIANT = flags.DEFINE_string("variant", "OURS", "Variant of the lambda and k studies.")
 _WRITE = flags.DEFINE_bool("write", False, "Put the table in BENCHMARKS.md and the plots "
@@ -64,7 +68,7 @@ _BEST_B = flags.DEFINE_float("best_b", 2.0, "transfer: the b chosen on validatio
 _ONLY = flags.DEFINE_list("only", [], "transfer: run only these runs of the study (names "
                           "as in the table, e.g. SM,OURS)")
 _RESULTS = flags.DEFINE_string("results", str(common.REPO_ROOT / "docs" / "results"),
-                               "transfer: where the per-run result files are kept")
+                               "where the per-run result files are kept")
 flags.mark_flags_as_required(["config", "workdir"])
 
 FIGURES = common.REPO_ROOT / "docs" / "figures"
@@ -88,6 +92,11 @@ def study_runs(study: str, variant: str) -> list[tuple[str, str, dict]]:
         return runs
     if study == "lambda":
         return [(f"lambda={v:g}", variant, {"loss.glm_weight": v}) for v in LAMBDAS]
+    if study == "scale":
+        return [("SM", "SM", {})] + [
+            (f"OURS{' norm' if norm else ''} lambda={v:g}", "OURS",
+             {"loss.glm_weight": v, "loss.glm_normalize": norm})
+            for norm in (False, True) for v in (0.05, 0.8)]
     return [(f"k={v}", variant, {"loss.glm_k": v}) for v in KS]
 
 
@@ -111,12 +120,12 @@ def eval_curve(workdir: pathlib.Path, steps_per_epoch: int) -> list[tuple[float,
     return curve
 
 
-def train_run(config, workdir: pathlib.Path) -> dict:
-    """The run's result: final metrics, wall seconds, eval curve (cached in result.json).
-    `config`: resolved settings."""
+def train_run(config, workdir: pathlib.Path, result_path: pathlib.Path | None = None) -> dict:
+    """The run's result: final metrics, wall seconds, eval curve, cached in `result_path`
+    (default WORKDIR/result.json). `config`: resolved settings."""
     from hierjax import data, train
 
-    result_path = workdir / "result.json"
+    result_path = result_path or workdir / "result.json"
     if result_path.exists():
         return json.loads(result_path.read_text())
     if (workdir / "checkpoints").exists():
@@ -127,6 +136,7 @@ def train_run(config, workdir: pathlib.Path) -> dict:
     train_set, _ = data.build_sources(config.data)
     result = {"metrics": metrics, "seconds": seconds,
               "curve": eval_curve(workdir, len(train_set) // config.batch_size)}
+    result_path.parent.mkdir(parents=True, exist_ok=True)
     result_path.write_text(json.dumps(result))
     return result
 
@@ -183,8 +193,9 @@ def plot(results: dict[str, list[dict]], study: str, path: pathlib.Path) -> None
     import matplotlib.pyplot as plt
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    figure, axes = plt.subplots(1, 1 if study == "variants" else 2,
-                                figsize=(7 if study == "variants" else 12, 4.5), squeeze=False)
+    single = study in ("variants", "scale")  # runs that are not values of one knob
+    figure, axes = plt.subplots(1, 1 if single else 2, figsize=(7 if single else 12, 4.5),
+                                squeeze=False)
     curves = axes[0, 0]
     for name, seeds in results.items():
         epochs = [e for e, _ in seeds[0]["curve"]]
@@ -193,7 +204,7 @@ def plot(results: dict[str, list[dict]], study: str, path: pathlib.Path) -> None
     curves.set(xlabel="epoch", ylabel="test fine top-1 (%)", title=f"{study}: test accuracy")
     curves.grid(alpha=0.3)
     curves.legend(fontsize=7, ncol=2)
-    if study != "variants":
+    if not single:
         values = [float(name.split("=")[1]) for name in results]
         finals = [[100 * r["metrics"]["top1_from_fine/0"] for r in seeds]
                   for seeds in results.values()]
@@ -317,6 +328,59 @@ def transfer_table(results: dict[str, list[dict]], baseline: str | None) -> str:
     return "\n".join(lines)
 
 
+def transfer_plot(results: dict[str, list[dict]], study: str, baseline: str | None,
+                  path: pathlib.Path) -> None:
+    """Left: validation fine top-1 against epoch per run, mean over seeds with the band
+    from the lowest to the highest seed. Right: for the variants study, each run's test
+    gain over `baseline` with its 95% CI (paired seeds; a forest plot); for a sweep
+    (lambda, b, lr, k), the final validation fine top-1 against the swept value."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure, (curves, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for name, seeds in results.items():
+        epochs = [e for e, *_ in seeds[0]["curve"]]
+        top1 = np.array([[100 * a for _, a, *_ in r["curve"]] for r in seeds])
+        line, = curves.plot(epochs, top1.mean(0), marker=".", label=name)
+        if len(seeds) > 1:
+            curves.fill_between(epochs, top1.min(0), top1.max(0), alpha=0.15,
+                                color=line.get_color())
+    curves.set(xlabel="epoch", ylabel="validation fine top-1 (%)",
+               title=f"transfer {study}: validation accuracy (band: seed range)")
+    curves.grid(alpha=0.3)
+    curves.legend(fontsize=7, ncol=2)
+    if study == "variants" and baseline in results:
+        base = [100 * r["test"]["top1_from_fine/0"] for r in results[baseline]]
+        rows = [(name, *stats.paired_gain([100 * r["test"]["top1_from_fine/0"] for r in runs],
+                                          base))
+                for name, runs in results.items()
+                if name != baseline and len(runs) == len(base) > 1]
+        for y, (name, gain, half) in enumerate(rows):
+            right.errorbar([gain], [y], xerr=[[half], [half]], fmt="o", capsize=4)
+        right.axvline(0, color="grey", lw=1)
+        right.set_yticks(range(len(rows)), [name for name, *_ in rows])
+        right.set(xlabel=f"test fine top-1 gain over {baseline} (points, 95% CI)",
+                  title=f"gain over {baseline}, {len(base)} paired seeds")
+    elif all("=" in name for name in results):
+        values = [float(name.split("=")[1]) for name in results]
+        finals = [[100 * r["val"]["top1_from_fine/0"] for r in runs]
+                  for runs in results.values()]
+        right.errorbar(values, [np.mean(f) for f in finals],
+                       yerr=[np.std(f, ddof=1) if len(f) > 1 else 0 for f in finals],
+                       marker="o", capsize=3)
+        right.set(xlabel=study, ylabel="final validation fine top-1 (%)",
+                  title=f"validation accuracy against {study}")
+        if study == "lr":
+            right.set_xscale("log")
+    right.grid(alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
 def main_transfer(base, study: str, workdir: pathlib.Path) -> None:
     results_dir = pathlib.Path(_RESULTS.value) / "transfer"
     pretrained = pretrain(base, workdir, results_dir)
@@ -332,6 +396,8 @@ def main_transfer(base, study: str, workdir: pathlib.Path) -> None:
                 workdir / study / _slug(name) / f"seed{seed}",
                 results_dir / study / _slug(name) / f"seed{seed}.json"))
     baseline = "SM" if study == "variants" else None
+    figure = (FIGURES if _WRITE.value else workdir) / f"transfer_{study}_{config_name(base)}.png"
+    transfer_plot(results, study, baseline, figure)
     pre = json.loads((results_dir / "pretrain.json").read_text())
     body = "\n".join([
         f"### transfer {study}: {config_name(base)}", "",
@@ -342,31 +408,43 @@ def main_transfer(base, study: str, workdir: pathlib.Path) -> None:
         f"Fine-tuning: {base.num_epochs} epochs on the 60 target classes, "
         f"{transfer.VAL_FRACTION:g} of their training images held out for validation; "
         "test = the 6,000 target test images, evaluated once at the end of each run.", "",
-        transfer_table(results, baseline)])
+        transfer_table(results, baseline), "",
+        f"![transfer {study}]({figure.relative_to(common.REPO_ROOT) if _WRITE.value else figure})"])
     print(body)
     if _WRITE.value:
         common.write_section(f"transfer-{study}-{config_name(base)}", body)
 
 
 def main(argv):
+    from hierjax.errors import Preempted
+
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    base, study = _CONFIG.value, _STUDY.value
+    try:
+        sweep(_CONFIG.value, _STUDY.value)
+    except Preempted as e:  # the stopped run is saved, and cached only once it finishes
+        logging.info("Sweep stopped: %s (finished runs keep their result files).", e)
+
+
+def sweep(base, study: str) -> None:
     workdir = pathlib.Path(_WORKDIR.value)
     if _PROTOCOL.value == "transfer":
         return main_transfer(base, study, workdir)
     runs = study_runs(study, _VARIANT.value)
-    results, siblings = {}, {}
-    for name, variant, overrides in runs:
-        results[name] = []
-        for seed in range(_SEEDS.value):
+    results = {name: [] for name, _, _ in runs}
+    # Seed by seed, so an interrupted sweep leaves complete, paired seeds.
+    for seed in range(_SEEDS.value):
+        for name, variant, overrides in runs:
             config = run_config(base, variant, overrides, seed)
-            slug = name.replace(" ", "").replace("=", "")
+            slug = _slug(name)
             logging.info("=== %s / %s, seed %d", study, name, seed)
-            results[name].append(train_run(config, workdir / study / slug / f"seed{seed}"))
-        siblings[name] = sibling_fraction(run_config(base, variant, overrides, 0))
+            results[name].append(train_run(
+                config, workdir / study / slug / f"seed{seed}",
+                pathlib.Path(_RESULTS.value) / "scratch" / study / slug / f"seed{seed}.json"))
+    siblings = {name: sibling_fraction(run_config(base, variant, overrides, 0))
+                for name, variant, overrides in runs}
     (workdir / f"{study}.json").write_text(json.dumps(results))
-    title = study if study == "variants" else f"{study}-{_VARIANT.value}"
+    title = study if study in ("variants", "scale") else f"{study}-{_VARIANT.value}"
     figure = (FIGURES if _WRITE.value else workdir) / f"{title}_{config_name(base)}.png"
     plot(results, study, figure)
     body = "\n".join([
