@@ -93,7 +93,8 @@ def finetune(dataset: str, hierarchy: str) -> ml_collections.ConfigDict:
     crop = resize 512 + random 448 crop + flip, eval = resize 512 + centre crop; batch
     32, SGD + Nesterov lr 0.01 for the backbone and 10x for the new heads, gradients
     clipped to global norm 5, 1 warm-up epoch then cosine over 100 epochs, weight decay
-    1e-4, bfloat16 compute, 8 decoding workers; 10% of every class of the training split
+    1e-4, bfloat16 compute, 8 decoding workers, GLM on L2-normalised features (measured
+    better than the raw form, BENCHMARKS.md); 10% of every class of the training split
     held out for validation (`VAL_FRACTION`; a config may use the data set's own
     validation split instead, as aircraft does)."""
     config = settings.base_config()
@@ -119,6 +120,11 @@ def finetune(dataset: str, hierarchy: str) -> ml_collections.ConfigDict:
     # rate that loop diverged within 5 steps (CSM loss 2e5 on the CUB runlocal run),
     # and clipping the global gradient norm keeps it stable.
     config.optimizer.grad_clip_norm = 5.0
+    # GLM on L2-normalised features (an extension beyond the paper): in the transfer
+    # protocol of BENCHMARKS.md the paper's raw-feature GLM at lambda 0.8 collapsed the
+    # features (24.7% vs SM's 43.6%) while the normalised form gained +0.90 +- 0.38
+    # over SM (3 paired seeds). The paper configs keep the raw form (paper_finetune).
+    config.loss.glm_normalize = True
     return config
 
 
@@ -130,8 +136,10 @@ def paper_finetune(dataset: str, hierarchy: str, model: str,
     plain SGD momentum 0.9 (as Caffe) at lr 0.001 for the backbone and 10x for the new
     heads, 1 warm-up epoch then cosine over 60 epochs, weight decay 5e-4, gradients
     clipped to global norm 5, bfloat16 compute. The papers do not give these; the
-    loss weights they do give are the defaults (hierjax/settings.py)."""
+    loss weights they do give are the defaults (hierjax/settings.py), and GLM reads the
+    raw features as in the paper (`loss.glm_normalize = False`)."""
     config = finetune(dataset, hierarchy)
+    config.loss.glm_normalize = False  # the papers' GLM, on the raw features
     config.model.name = model
     config.data.image_size = image_size
     config.num_epochs = 60
