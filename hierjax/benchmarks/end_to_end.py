@@ -13,8 +13,9 @@ the first two (the first includes compilation). Bare step: in this process, the 
 `train_step` of the same settings on every local device, on one real batch of the same
 input already on the devices, `--steps` / 2 steps in chunks of `--log_every` (each
 dispatched back to back, then waited for); its throughput is the median over chunks.
-The two alternate `--runs` times, and the table gives each median and their ratio. `--tree` runs `hierjax.main` of another checkout instead (for a
-before/after comparison; that checkout must log `images_per_s`).
+The two alternate `--runs` times, and the table gives each median and their ratio.
+`--tree` runs `hierjax.main` of another checkout instead (for a before/after
+comparison; that checkout must log `images_per_s`).
 """
 
 from __future__ import annotations
