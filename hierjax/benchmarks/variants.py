@@ -184,6 +184,18 @@ def table(results: dict[str, list[dict]], siblings: dict[str, float]) -> str:
     return "\n".join(lines)
 
 
+def _against_value(axis, results: dict[str, list[dict]], study: str, metrics, split: str):
+    """Final fine top-1 (`metrics(result)`) against the value in each run's name
+    ("lambda=0.4" -> 0.4): mean over seeds, the seed std as error bars."""
+    values = [float(name.split("=")[1]) for name in results]
+    finals = [[100 * metrics(r)["top1_from_fine/0"] for r in runs] for runs in results.values()]
+    axis.errorbar(values, [np.mean(f) for f in finals],
+                  yerr=[np.std(f, ddof=1) if len(f) > 1 else 0 for f in finals],
+                  marker="o", capsize=3)
+    axis.set(xlabel=study, ylabel=f"final {split} fine top-1 (%)",
+             title=f"{split} accuracy against {study}")
+
+
 def plot(results: dict[str, list[dict]], study: str, path: pathlib.Path) -> None:
     """Fine top-1 against epoch per run (mean over seeds), and for the lambda / k
     studies the final fine top-1 against the value with the seed std as error bars."""
@@ -205,14 +217,7 @@ def plot(results: dict[str, list[dict]], study: str, path: pathlib.Path) -> None
     curves.grid(alpha=0.3)
     curves.legend(fontsize=7, ncol=2)
     if not single:
-        values = [float(name.split("=")[1]) for name in results]
-        finals = [[100 * r["metrics"]["top1_from_fine/0"] for r in seeds]
-                  for seeds in results.values()]
-        axes[0, 1].errorbar(values, [np.mean(f) for f in finals],
-                            yerr=[np.std(f, ddof=1) if len(f) > 1 else 0 for f in finals],
-                            marker="o", capsize=3)
-        axes[0, 1].set(xlabel=study, ylabel="final test fine top-1 (%)",
-                       title=f"accuracy against {study}")
+        _against_value(axes[0, 1], results, study, lambda r: r["metrics"], "test")
         axes[0, 1].grid(alpha=0.3)
     figure.tight_layout()
     figure.savefig(path, dpi=110)
@@ -365,14 +370,7 @@ def transfer_plot(results: dict[str, list[dict]], study: str, baseline: str | No
         right.set(xlabel=f"test fine top-1 gain over {baseline} (points, 95% CI)",
                   title=f"gain over {baseline}, {len(base)} paired seeds")
     elif all("=" in name for name in results):
-        values = [float(name.split("=")[1]) for name in results]
-        finals = [[100 * r["val"]["top1_from_fine/0"] for r in runs]
-                  for runs in results.values()]
-        right.errorbar(values, [np.mean(f) for f in finals],
-                       yerr=[np.std(f, ddof=1) if len(f) > 1 else 0 for f in finals],
-                       marker="o", capsize=3)
-        right.set(xlabel=study, ylabel="final validation fine top-1 (%)",
-                  title=f"validation accuracy against {study}")
+        _against_value(right, results, study, lambda r: r["val"], "validation")
         if study == "lr":
             right.set_xscale("log")
     right.grid(alpha=0.3)
