@@ -21,8 +21,11 @@ softmax on the CIFAR-100 source classes once (WORKDIR/pretrain, `--pretrain_epoc
 `--pretrain_lr`), then every run fine-tunes from it on the target classes, validating on
 a split of their training images and reporting the test set at the end. Its studies:
 `variants` (SM, SC-CSM, OURS, SM-GLM, CC b=1, CC at `--best_b`, OURS+CC, and CC in two
-steps: SM for half the epochs, then CC from it), `lambda` (`--variant`), `b` (CC) and
-`lr` (SM); `--config.loss.glm_normalize=True` gives the normalised-GLM runs. Each
+steps: SM for half the epochs, then CC from it, and OURS with the papers' raw-feature GLM;
+every other GLM row, and the `lambda` study (`--variant`), on L2-normalised features, the
+fine-tuning default), `b` (CC) and `lr` (SM); `--cached` redraws the table and plot from
+the result files without training (rows with fewer seeds pair only the seeds they share
+with SM). Each
 finished transfer run's small result file (resolved config, validation curve, final
 validation and test metrics, wall time) goes to `--results`/transfer/<study>/<run>/
 seed<s>.json, committed, and is reused: a sweep resumes from the repository.
@@ -67,6 +70,8 @@ _PRETRAIN_LR = flags.DEFINE_float("pretrain_lr", 0.1, "transfer: pretraining pea
 _BEST_B = flags.DEFINE_float("best_b", 2.0, "transfer: the b chosen on validation (b study)")
 _ONLY = flags.DEFINE_list("only", [], "transfer: run only these runs of the study (names "
                           "as in the table, e.g. SM,OURS)")
+_CACHED = flags.DEFINE_bool("cached", False, "transfer: train nothing; the table and plot of "
+                            "the result files there are (rows with the seeds they have)")
 _RESULTS = flags.DEFINE_string("results", str(common.REPO_ROOT / "docs" / "results"),
                                "where the per-run result files are kept")
 flags.mark_flags_as_required(["config", "workdir"])
@@ -229,12 +234,18 @@ def plot(results: dict[str, list[dict]], study: str, path: pathlib.Path) -> None
 def transfer_study_runs(study: str, variant: str, best_b: float) -> list[tuple[str, str, dict]]:
     """(run name, variant, overrides) of a transfer study; variant "CC-2step" is the
     two-step coarse-label constraint."""
+    # GLM on L2-normalised features, the fine-tuning default (hierjax/recipes.py), in
+    # every row but "OURS raw-GLM", the papers' own form, whatever the base config says.
+    norm = {"loss.glm_normalize": True}
     if study == "variants":
-        runs = [(v, v, {}) for v in ("SM", "SC-CSM", "OURS", "SM-GLM")]
+        runs = [("SM", "SM", {}), ("SC-CSM", "SC-CSM", {}), ("OURS", "OURS", norm),
+                ("SM-GLM", "SM-GLM", norm)]
         for b in dict.fromkeys((1.0, best_b)):
             runs.append((f"CC b={b:g}", "CC", {"loss.coarse_weight": b}))
-        return runs + [("OURS+CC", "OURS+CC", {}), ("CC two-step", "CC-2step", {}),
-                       ("OURS norm-GLM", "OURS", {"loss.glm_normalize": True})]
+        return runs + [("OURS+CC", "OURS+CC", norm), ("CC two-step", "CC-2step", {}),
+                       ("OURS raw-GLM", "OURS", {"loss.glm_normalize": False})]
+    if study == "lambda":
+        return [(f"lambda={v:g}", variant, {"loss.glm_weight": v, **norm}) for v in LAMBDAS]
     if study == "b":
         return [(f"b={v:g}", "CC", {"loss.coarse_weight": v}) for v in BS]
     if study == "lr":
@@ -321,12 +332,14 @@ def transfer_table(results: dict[str, list[dict]], baseline: str | None) -> str:
         cells.append(stats.format_ci(*stats.mean_ci(
             [100 * r["val"].get("top1_from_fine/0", float("nan")) for r in runs])))
         cells.append(stats.format_ci(*stats.mean_ci([r["seconds"] / 60 for r in runs]), 1))
-        if base_runs and name != baseline and len(base_runs) == len(runs) > 1:
-            gain, half = stats.paired_gain(
-                [100 * r["test"]["top1_from_fine/0"] for r in runs],
-                [100 * b["test"]["top1_from_fine/0"] for b in base_runs])
+        base_by_seed = {b["seed"]: b for b in base_runs or ()}
+        pairs = [(r, base_by_seed[r["seed"]]) for r in runs if r["seed"] in base_by_seed]
+        if name != baseline and len(pairs) > 1:
+            gain, half = stats.paired_gain(*(
+                [100 * run["test"]["top1_from_fine/0"] for run in side] for side in zip(*pairs)))
             cells.append(f"{stats.format_ci(gain, half)}"
-                         + (" (CI excludes 0)" if stats.significant(gain, half) else ""))
+                         + (" (CI excludes 0)" if stats.significant(gain, half) else "")
+                         + (f" ({len(pairs)} pairs)" if len(pairs) < len(runs) else ""))
         else:
             cells.append("-")
         lines.append("| " + " | ".join(cells) + " |")
@@ -381,18 +394,23 @@ def transfer_plot(results: dict[str, list[dict]], study: str, baseline: str | No
 
 def main_transfer(base, study: str, workdir: pathlib.Path) -> None:
     results_dir = pathlib.Path(_RESULTS.value) / "transfer"
-    pretrained = pretrain(base, workdir, results_dir)
+    pretrained = None if _CACHED.value else pretrain(base, workdir, results_dir)
     runs = [r for r in transfer_study_runs(study, _VARIANT.value, _BEST_B.value)
             if not _ONLY.value or r[0] in _ONLY.value]
     results: dict[str, list[dict]] = {name: [] for name, _, _ in runs}
     # Seed by seed, so an interrupted sweep leaves complete, paired seeds.
     for seed in range(_SEEDS.value):
         for name, variant, overrides in runs:
+            result_path = results_dir / study / _slug(name) / f"seed{seed}.json"
+            if _CACHED.value:
+                if result_path.exists():
+                    results[name].append(json.loads(result_path.read_text()))
+                continue
             logging.info("=== transfer %s / %s, seed %d", study, name, seed)
             results[name].append(transfer_run(
                 base, pretrained, name, variant, overrides, seed,
-                workdir / study / _slug(name) / f"seed{seed}",
-                results_dir / study / _slug(name) / f"seed{seed}.json"))
+                workdir / study / _slug(name) / f"seed{seed}", result_path))
+    results = {name: runs for name, runs in results.items() if runs}
     baseline = "SM" if study == "variants" else None
     figure = (FIGURES if _WRITE.value else workdir) / f"transfer_{study}_{config_name(base)}.png"
     transfer_plot(results, study, baseline, figure)
