@@ -85,10 +85,8 @@ def train_step_section(rows, dtype: str, steps: int, budget: Budget) -> list[str
                 what = f"{name} {size}px batch {per_device} {variant}"
                 if not budget.allows(what):
                     continue
-                ips, ms = bench.benchmark_row(model, size, small, per_device, dtype,
-                                              variant, steps, extra)
-                flops = bench.step_flops(model, size, small, per_device, dtype, variant,
-                                         extra)
+                ips, ms, flops = bench.benchmark_row(model, size, small, per_device,
+                                                     dtype, variant, steps, extra)
                 mfu = (f"{100 * flops / (ms / 1e3) / peak:.1f}%" if peak
                        else "n/a (peak unknown)")
                 overhead = ""

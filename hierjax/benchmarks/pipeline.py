@@ -87,8 +87,8 @@ def main(argv=None) -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        csv = write_image_folder(root, num_train=160 if args.quick else 640,
-                                 num_eval=40 if args.quick else 320)
+        csv = write_image_folder(root, num_train=64 if args.quick else 640,
+                                 num_eval=20 if args.quick else 320)
         for w in workers:
             train_rate, eval_rate = measure(root, csv, w, num_images)
             rows.append(f"| {w} | {train_rate:.0f} | {train_rate / max(1, w):.0f} | "

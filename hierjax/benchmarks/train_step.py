@@ -39,7 +39,10 @@ def make_config(model, size, small_input, dtype, variant, extra=None):
 
 
 def benchmark_row(model, size, small_input, per_device, dtype, variant, steps, extra=None):
-    """Images per second of the pmapped train step (median step time)."""
+    """(images per second, median step ms, FLOPs of one device's step) of the pmapped
+    train step. The step is compiled once: the same executable is timed and gives the
+    FLOPs (XLA's cost analysis of the per-device program, collectives and the GLM term
+    on the all-gathered batch included)."""
     num_devices = jax.local_device_count()
     hierarchy = _cub_sized_hierarchy()  # 200 fine / 40 / 10 classes: CUB-sized heads
     config = make_config(model, size, small_input, dtype, variant, extra)
@@ -55,35 +58,19 @@ def benchmark_row(model, size, small_input, per_device, dtype, variant, steps, e
                     in_axes=(0, 0, None), donate_argnums=(0,))
     replicated = replicate(state)
     key = jax.random.key(1)
-    holder = [replicated]
-
-    def run():
-        holder[0], scalars = step(holder[0], batch, key)
-        return scalars
-
-    ms = common.time_ms(run, repeats=steps, warmup=2)
-    return num_devices * per_device / (ms / 1e3), ms
-
-
-def step_flops(model, size, small_input, per_device, dtype, variant, extra=None) -> float:
-    """FLOPs of one device's train step at a per-device batch, from XLA's cost analysis
-    of the compiled step (the same computation `benchmark_row` times)."""
-    hierarchy = _cub_sized_hierarchy()
-    config = make_config(model, size, small_input, dtype, variant, extra)
-    ctx = train.build_context(config, hierarchy, total_steps=1000, steps_per_epoch=100)
-    state = jax.eval_shape(lambda: init_state(jax.random.key(0), ctx, (size, size, 3)))
-    batch = {"image": jax.ShapeDtypeStruct((per_device, size, size, 3), np.uint8),
-             "labels": jax.ShapeDtypeStruct((per_device, 3), np.int32)}
-    # One device's computation: the pmapped step over a one-device axis.
-    step = jax.pmap(functools.partial(train_step, ctx=ctx), axis_name=AXIS,
-                    in_axes=(0, 0, None), devices=jax.local_devices()[:1])
-    add_axis = lambda x: jax.ShapeDtypeStruct((1, *x.shape), x.dtype)  # noqa: E731
-    compiled = step.lower(jax.tree.map(add_axis, state), jax.tree.map(add_axis, batch),
-                          jax.random.key(1)).compile()
+    compiled = step.lower(replicated, batch, key).compile()
     analysis = compiled.cost_analysis()
     if isinstance(analysis, list):  # older jax: one dict per computation
         analysis = analysis[0]
-    return float(analysis.get("flops", float("nan")))
+    holder = [replicated]
+
+    def run():
+        holder[0], scalars = compiled(holder[0], batch, key)
+        return scalars
+
+    ms = common.time_ms(run, repeats=steps, warmup=2)
+    return (num_devices * per_device / (ms / 1e3), ms,
+            float(analysis.get("flops", float("nan"))))
 
 
 def _cub_sized_hierarchy() -> Hierarchy:
@@ -116,7 +103,7 @@ def main():
         name = "WRN-28-10" if model == "wrn" else model.replace("resnet", "ResNet-")
         results = {v: benchmark_row(model, size, small, per_device, dtype, v, steps)
                    for v in ("SM", "OURS")}
-        (sm_ips, sm_ms), (ours_ips, ours_ms) = results["SM"], results["OURS"]
+        (sm_ips, sm_ms, _), (ours_ips, ours_ms, _) = results["SM"], results["OURS"]
         overhead = 100.0 * (ours_ms - sm_ms) / sm_ms
         global_batch = per_device * jax.local_device_count()
         lines.append(f"| {name} | {size} | {global_batch} | {dtype} | {_rate(sm_ips)} "
