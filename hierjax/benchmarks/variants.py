@@ -397,20 +397,14 @@ def main_transfer(base, study: str, workdir: pathlib.Path) -> None:
     pretrained = None if _CACHED.value else pretrain(base, workdir, results_dir)
     runs = [r for r in transfer_study_runs(study, _VARIANT.value, _BEST_B.value)
             if not _ONLY.value or r[0] in _ONLY.value]
-    results: dict[str, list[dict]] = {name: [] for name, _, _ in runs}
-    # Seed by seed, so an interrupted sweep leaves complete, paired seeds.
-    for seed in range(_SEEDS.value):
-        for name, variant, overrides in runs:
-            result_path = results_dir / study / _slug(name) / f"seed{seed}.json"
-            if _CACHED.value:
-                if result_path.exists():
-                    results[name].append(json.loads(result_path.read_text()))
-                continue
-            logging.info("=== transfer %s / %s, seed %d", study, name, seed)
-            results[name].append(transfer_run(
-                base, pretrained, name, variant, overrides, seed,
-                workdir / study / _slug(name) / f"seed{seed}", result_path))
-    results = {name: runs for name, runs in results.items() if runs}
+    def run_one(name, variant, overrides, seed, run_dir, result_path):
+        if _CACHED.value:
+            return json.loads(result_path.read_text()) if result_path.exists() else None
+        logging.info("=== transfer %s / %s, seed %d", study, name, seed)
+        return transfer_run(base, pretrained, name, variant, overrides, seed, run_dir,
+                            result_path)
+
+    results = _seed_major(runs, workdir / study, results_dir / study, run_one)
     baseline = "SM" if study == "variants" else None
     figure = (FIGURES if _WRITE.value else workdir) / f"transfer_{study}_{config_name(base)}.png"
     transfer_plot(results, study, baseline, figure)
@@ -447,16 +441,13 @@ def sweep(base, study: str) -> None:
     if _PROTOCOL.value == "transfer":
         return main_transfer(base, study, workdir)
     runs = study_runs(study, _VARIANT.value)
-    results = {name: [] for name, _, _ in runs}
-    # Seed by seed, so an interrupted sweep leaves complete, paired seeds.
-    for seed in range(_SEEDS.value):
-        for name, variant, overrides in runs:
-            config = run_config(base, variant, overrides, seed)
-            slug = _slug(name)
-            logging.info("=== %s / %s, seed %d", study, name, seed)
-            results[name].append(train_run(
-                config, workdir / study / slug / f"seed{seed}",
-                pathlib.Path(_RESULTS.value) / "scratch" / study / slug / f"seed{seed}.json"))
+
+    def run_one(name, variant, overrides, seed, run_dir, result_path):
+        logging.info("=== %s / %s, seed %d", study, name, seed)
+        return train_run(run_config(base, variant, overrides, seed), run_dir, result_path)
+
+    results = _seed_major(runs, workdir / study,
+                          pathlib.Path(_RESULTS.value) / "scratch" / study, run_one)
     siblings = {name: sibling_fraction(run_config(base, variant, overrides, 0))
                 for name, variant, overrides in runs}
     (workdir / f"{study}.json").write_text(json.dumps(results))
@@ -487,6 +478,23 @@ def sweep(base, study: str) -> None:
     print(body)
     if _WRITE.value:
         common.write_section(f"{title}-{config_name(base)}", body)
+
+
+def _seed_major(runs, run_root: pathlib.Path, result_root: pathlib.Path,
+                run_one) -> dict[str, list[dict]]:
+    """{run name: results over seeds 0..--seeds-1}, trained seed by seed, so that an
+    interrupted sweep leaves complete, paired seeds. `run_one(name, variant, overrides,
+    seed, run_dir, result_path)` returns a run's result, or None to leave it out; runs
+    with no result at all are left out of the dict."""
+    results: dict[str, list[dict]] = {name: [] for name, _, _ in runs}
+    for seed in range(_SEEDS.value):
+        for name, variant, overrides in runs:
+            where = pathlib.Path(_slug(name))
+            result = run_one(name, variant, overrides, seed, run_root / where / f"seed{seed}",
+                             result_root / where / f"seed{seed}.json")
+            if result is not None:
+                results[name].append(result)
+    return {name: found for name, found in results.items() if found}
 
 
 def config_name(config) -> str:
