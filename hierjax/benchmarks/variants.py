@@ -397,6 +397,7 @@ def main_transfer(base, study: str, workdir: pathlib.Path) -> None:
     pretrained = None if _CACHED.value else pretrain(base, workdir, results_dir)
     runs = [r for r in transfer_study_runs(study, _VARIANT.value, _BEST_B.value)
             if not _ONLY.value or r[0] in _ONLY.value]
+
     def run_one(name, variant, overrides, seed, run_dir, result_path):
         if _CACHED.value:
             return json.loads(result_path.read_text()) if result_path.exists() else None
