@@ -98,7 +98,8 @@ def study_runs(study: str, variant: str) -> list[tuple[str, str, dict]]:
     if study == "lambda":
         return [(f"lambda={v:g}", variant, {"loss.glm_weight": v}) for v in LAMBDAS]
     if study == "scale":
-        return [("SM", "SM", {})] + [
+        # SC-CSM separates the cascade's share of OURS's gain from GLM's.
+        return [("SM", "SM", {}), ("SC-CSM", "SC-CSM", {})] + [
             (f"OURS{' norm' if norm else ''} lambda={v:g}", "OURS",
              {"loss.glm_weight": v, "loss.glm_normalize": norm})
             for norm in (False, True) for v in (0.05, 0.8)]
