@@ -21,6 +21,17 @@ def test_study_runs_cover_the_issue():
     assert [o["loss.glm_k"] for _, _, o in variants.study_runs("k", "OURS")] == [1, 3, 5, 10]
 
 
+def test_only_selects_runs_by_table_name_and_rejects_unknown_names():
+    from absl import app
+
+    runs = variants.study_runs("scale", "OURS")
+    assert [n for n, _, _ in runs][:2] == ["SM", "SC-CSM"]
+    assert [n for n, _, _ in variants.selected(runs, ["SC-CSM", "SM"])] == ["SM", "SC-CSM"]
+    assert variants.selected(runs, []) == runs
+    with pytest.raises(app.UsageError, match="--only=OURS: no such run"):
+        variants.selected(runs, ["OURS", "SM"])
+
+
 def test_run_config_applies_the_variant_and_overrides():
     base = settings.base_config()
     config = variants.run_config(base, "CC", {"loss.coarse_weight": 2.0}, seed=4)
@@ -58,20 +69,26 @@ def test_a_preempted_run_is_never_cached_as_a_result(tmp_path, monkeypatch):
     assert not (tmp_path / "t" / "seed0.json").exists()
 
 
-def result(top1, seconds=60.0):
+def result(top1, seed=0, seconds=60.0):
     metrics = {"top1_from_fine/0": top1, "top1_from_fine/1": 0.5, "top5/0": 0.9,
                "mistake_severity": 1.5}
-    return {"metrics": metrics, "seconds": seconds, "curve": [(1.0, top1 / 2), (2.0, top1)]}
+    return {"metrics": metrics, "seconds": seconds, "seed": seed,
+            "curve": [(1.0, top1 / 2), (2.0, top1)]}
 
 
-def test_table_gives_mean_std_and_paired_gain(tmp_path):
-    results = {"SM": [result(0.40), result(0.50)], "OURS": [result(0.43), result(0.55)]}
-    text = variants.table(results, {"SM": 0.25, "OURS": 0.5})
-    sm, ours = text.splitlines()[2:]
-    # SM: mean 45, sample std of (40, 50) = 7.07; gain: (3, 5) -> 4.00 +- 1.41.
-    assert sm.startswith("| SM | 45.00 +- 7.07 | 50.00 +- 0.00 | 90.00 +- 0.00 | "
-                         "1.50 +- 0.00 | 1.00 +- 0.00 | - | 25% |")
-    assert ours.endswith("| 4.00 +- 1.41 | 50% |")
+def test_table_gives_mean_ci_and_gain_paired_by_seed(tmp_path):
+    # OURS lists its seeds in the other order: pairs go by seed, not by position.
+    results = {"SM": [result(0.40, 0), result(0.50, 1)],
+               "OURS": [result(0.55, 1), result(0.43, 0)], "CC": [result(0.47, 1)]}
+    text = variants.table(results, {"SM": 0.25, "OURS": 0.5, "CC": 0.25})
+    sm, ours, cc = text.splitlines()[2:]
+    # SM: mean 45, sample std of (40, 50) 7.071, t(0.975, 1) = 12.706: 12.706 * 7.071 / sqrt(2)
+    # = 63.53. Gains (3, 5): mean 4, std 1.414 -> 12.706 * 1.414 / sqrt(2) = 12.71.
+    assert sm.startswith("| SM | 2 | 45.00 ± 63.53 | 50.00 ± 0.00 | 90.00 ± 0.00 | "
+                         "1.50 ± 0.00 | 1.00 ± 0.00 | - | 25% |")
+    assert ours.endswith("| 4.00 ± 12.71 | 50% |")
+    # One seed: its value and its one paired difference (47 - 50), no interval.
+    assert cc.startswith("| CC | 1 | 47.00 | 50.00 |") and cc.endswith("| -3.00 | 25% |")
     variants.plot(results, "variants", tmp_path / "v.png")
     lam = {"lambda=0.2": [result(0.4)], "lambda=0.4": [result(0.5)]}
     variants.plot(lam, "lambda", tmp_path / "l.png")

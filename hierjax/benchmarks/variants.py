@@ -11,8 +11,9 @@ runs of a study share network, epochs, batch size and schedule):
   and OURS with the P x Q x K hierarchical sampler (`OURS+PQK`, `sampler_pqk` as set);
 - `lambda`: `--variant` at loss.glm_weight = 0.2, 0.4, ..., 1.4 (the paper's grid);
 - `k`: `--variant` at loss.glm_k = 1, 3, 5, 10;
-- `scale`: GLM's scale question from scratch: SM, and OURS at lambda = 0.05 and 0.8,
-  each on raw and on L2-normalised features (`loss.glm_normalize`).
+- `scale`: GLM's scale question from scratch: SM, SC-CSM (the cascade without GLM), and
+  OURS at lambda = 0.05 and 0.8, each on raw and on L2-normalised features
+  (`loss.glm_normalize`).
 Each finished run's result is also written to `--results`/scratch/<study>/<run>/
 seed<s>.json (committed, and reused like the transfer results).
 `--protocol=transfer` runs the transfer protocol of BENCHMARKS.md
@@ -23,19 +24,19 @@ a split of their training images and reporting the test set at the end. Its stud
 `variants` (SM, SC-CSM, OURS, SM-GLM, CC b=1, CC at `--best_b`, OURS+CC, and CC in two
 steps: SM for half the epochs, then CC from it, and OURS with the papers' raw-feature GLM;
 every other GLM row, and the `lambda` study (`--variant`), on L2-normalised features, the
-fine-tuning default), `b` (CC) and `lr` (SM); `--cached` redraws the table and plot from
-the result files without training (rows with fewer seeds pair only the seeds they share
-with SM). Each
+fine-tuning default), `b` (CC) and `lr` (SM). Each
 finished transfer run's small result file (resolved config, validation curve, final
 validation and test metrics, wall time) goes to `--results`/transfer/<study>/<run>/
 seed<s>.json, committed, and is reused: a sweep resumes from the repository.
 
 Runs live in WORKDIR/<study>/<run>/seed<s> (give each --variant of a lambda or k study
 its own WORKDIR); a finished run's result.json is reused, so re-running the command
-completes an interrupted sweep. Writes WORKDIR/<study>.json, a
-markdown table (mean +- std over seeds; the gain over SM is the mean +- std of the
-per-seed differences, seeds paired) and PNG plots; with --write the table goes into
-BENCHMARKS.md and the plots into docs/figures/.
+completes an interrupted sweep. `--only=SM,OURS` runs only those rows of a study;
+`--cached` trains nothing and redraws the table and plot from the result files there are
+(rows with fewer seeds pair only the seeds they share with SM). Writes a markdown table
+(mean ± 95% Student-t CI over seeds; the gain over SM is the CI of the per-seed paired
+differences) and PNG plots; with --write the table goes into BENCHMARKS.md and the plots
+into docs/figures/.
 """
 
 from __future__ import annotations
@@ -68,10 +69,10 @@ _PROTOCOL = flags.DEFINE_enum("protocol", "scratch", ["scratch", "transfer"],
 _PRETRAIN_EPOCHS = flags.DEFINE_integer("pretrain_epochs", 15, "transfer: pretraining epochs")
 _PRETRAIN_LR = flags.DEFINE_float("pretrain_lr", 0.1, "transfer: pretraining peak lr")
 _BEST_B = flags.DEFINE_float("best_b", 2.0, "transfer: the b chosen on validation (b study)")
-_ONLY = flags.DEFINE_list("only", [], "transfer: run only these runs of the study (names "
-                          "as in the table, e.g. SM,OURS)")
-_CACHED = flags.DEFINE_bool("cached", False, "transfer: train nothing; the table and plot of "
-                            "the result files there are (rows with the seeds they have)")
+_ONLY = flags.DEFINE_list("only", [], "run only these runs of the study (names as in the "
+                          "table, e.g. SM,OURS)")
+_CACHED = flags.DEFINE_bool("cached", False, "train nothing; the table and plot of the "
+                            "result files there are (rows with the seeds they have)")
 _RESULTS = flags.DEFINE_string("results", str(common.REPO_ROOT / "docs" / "results"),
                                "where the per-run result files are kept")
 flags.mark_flags_as_required(["config", "workdir"])
@@ -162,29 +163,34 @@ def sibling_fraction(config) -> float:
                           for b in batches]))
 
 
-def mean_std(values) -> str:
-    values = np.asarray(values, float)
-    std = values.std(ddof=1) if len(values) > 1 else 0.0
-    return f"{values.mean():.2f} +- {std:.2f}"
+def _gain_cell(runs: list[dict], base_runs: list[dict], key) -> str:
+    """The paired gain of `runs` over `base_runs` on the seeds both have: mean ± 95% CI of
+    the per-seed differences of key(run) (one seed: the difference alone)."""
+    base_by_seed = {b["seed"]: b for b in base_runs}
+    pairs = [(key(r), key(base_by_seed[r["seed"]])) for r in runs if r["seed"] in base_by_seed]
+    if not pairs:
+        return "-"
+    gain, half = stats.paired_gain(*zip(*pairs))
+    return (stats.format_ci(gain, half)
+            + (" (CI excludes 0)" if stats.significant(gain, half) else "")
+            + (f" ({len(pairs)} pairs)" if len(pairs) < len(runs) else ""))
 
 
 def table(results: dict[str, list[dict]], siblings: dict[str, float]) -> str:
-    """Markdown: one row per run, mean +- std over seeds, gain over SM (paired)."""
-    header = ["run", *(c for c, _, _ in COLUMNS), "gain over SM (fine top-1)",
+    """Markdown: one row per run, mean ± 95% CI over seeds (a single seed: its value),
+    gain over SM as the CI of the per-seed paired differences."""
+    header = ["run", "seeds", *(c for c, _, _ in COLUMNS), "gain over SM (fine top-1, paired)",
               "classes with a sibling in the batch"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     baseline = results.get("SM")
     for name, seeds in results.items():
-        cells = [name]
+        cells = [name, str(len(seeds))]
         for _, key, scale in COLUMNS:
-            cells.append(mean_std([scale * (r["seconds"] if key == "seconds"
-                                            else r["metrics"][key]) for r in seeds]))
-        if baseline and name != "SM" and len(baseline) == len(seeds):
-            cells.append(mean_std([100 * (r["metrics"]["top1_from_fine/0"]
-                                          - b["metrics"]["top1_from_fine/0"])
-                                   for r, b in zip(seeds, baseline)]))
-        else:
-            cells.append("-")
+            cells.append(stats.format_ci(*stats.mean_ci(
+                [scale * (r["seconds"] if key == "seconds" else r["metrics"][key])
+                 for r in seeds])))
+        cells.append(_gain_cell(seeds, baseline, lambda r: 100 * r["metrics"]["top1_from_fine/0"])
+                     if baseline and name != "SM" else "-")
         cells.append(f"{100 * siblings[name]:.0f}%")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -333,16 +339,8 @@ def transfer_table(results: dict[str, list[dict]], baseline: str | None) -> str:
         cells.append(stats.format_ci(*stats.mean_ci(
             [100 * r["val"].get("top1_from_fine/0", float("nan")) for r in runs])))
         cells.append(stats.format_ci(*stats.mean_ci([r["seconds"] / 60 for r in runs]), 1))
-        base_by_seed = {b["seed"]: b for b in base_runs or ()}
-        pairs = [(r, base_by_seed[r["seed"]]) for r in runs if r["seed"] in base_by_seed]
-        if name != baseline and len(pairs) > 1:
-            gain, half = stats.paired_gain(*(
-                [100 * run["test"]["top1_from_fine/0"] for run in side] for side in zip(*pairs)))
-            cells.append(f"{stats.format_ci(gain, half)}"
-                         + (" (CI excludes 0)" if stats.significant(gain, half) else "")
-                         + (f" ({len(pairs)} pairs)" if len(pairs) < len(runs) else ""))
-        else:
-            cells.append("-")
+        cells.append(_gain_cell(runs, base_runs, lambda r: 100 * r["test"]["top1_from_fine/0"])
+                     if base_runs and name != baseline else "-")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -393,11 +391,20 @@ def transfer_plot(results: dict[str, list[dict]], study: str, baseline: str | No
     plt.close(figure)
 
 
+def selected(runs: list[tuple[str, str, dict]], only: list[str]) -> list[tuple[str, str, dict]]:
+    """The runs named in `only` (--only; all when it names none); an unknown name is an
+    error, not an empty sweep."""
+    unknown = set(only) - {name for name, _, _ in runs}
+    if unknown:
+        raise app.UsageError(f"--only={','.join(sorted(unknown))}: no such run in this study; "
+                             f"its runs are {', '.join(name for name, _, _ in runs)}.")
+    return [r for r in runs if not only or r[0] in only]
+
+
 def main_transfer(base, study: str, workdir: pathlib.Path) -> None:
     results_dir = pathlib.Path(_RESULTS.value) / "transfer"
     pretrained = None if _CACHED.value else pretrain(base, workdir, results_dir)
-    runs = [r for r in transfer_study_runs(study, _VARIANT.value, _BEST_B.value)
-            if not _ONLY.value or r[0] in _ONLY.value]
+    runs = selected(transfer_study_runs(study, _VARIANT.value, _BEST_B.value), _ONLY.value)
 
     def run_one(name, variant, overrides, seed, run_dir, result_path):
         if _CACHED.value:
@@ -442,17 +449,18 @@ def sweep(base, study: str) -> None:
     workdir = pathlib.Path(_WORKDIR.value)
     if _PROTOCOL.value == "transfer":
         return main_transfer(base, study, workdir)
-    runs = study_runs(study, _VARIANT.value)
+    runs = selected(study_runs(study, _VARIANT.value), _ONLY.value)
 
     def run_one(name, variant, overrides, seed, run_dir, result_path):
+        if _CACHED.value:
+            return json.loads(result_path.read_text()) if result_path.exists() else None
         logging.info("=== %s / %s, seed %d", study, name, seed)
         return train_run(run_config(base, variant, overrides, seed), run_dir, result_path)
 
     results = _seed_major(runs, workdir / study,
                           pathlib.Path(_RESULTS.value) / "scratch" / study, run_one)
     siblings = {name: sibling_fraction(run_config(base, variant, overrides, 0))
-                for name, variant, overrides in runs}
-    (workdir / f"{study}.json").write_text(json.dumps(results))
+                for name, variant, overrides in runs if name in results}
     title = study if study in ("variants", "scale") else f"{study}-{_VARIANT.value}"
     figure = (FIGURES if _WRITE.value else workdir) / f"{title}_{config_name(base)}.png"
     plot(results, study, figure)
@@ -495,7 +503,7 @@ def _seed_major(runs, run_root: pathlib.Path, result_root: pathlib.Path,
             result = run_one(name, variant, overrides, seed, run_root / where / f"seed{seed}",
                              result_root / where / f"seed{seed}.json")
             if result is not None:
-                results[name].append(result)
+                results[name].append({**result, "seed": seed})
     return {name: found for name, found in results.items() if found}
 
 
