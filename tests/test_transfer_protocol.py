@@ -3,6 +3,7 @@ on a CIFAR-100 copy in the real on-disk format with every one of the 100 classes
 tiny images each): pretraining on the source classes, fine-tuning on the target ones
 from it, the two-step constraint, cached result files and the table."""
 
+import copy
 import json
 
 import numpy as np
@@ -10,6 +11,7 @@ import pytest
 
 from hierjax import settings
 from hierjax.benchmarks import transfer, variants
+from hierjax.errors import ConfigError
 from hierjax.hierarchy import shipped
 from helpers import tiny_config
 
@@ -62,6 +64,15 @@ def test_pretrain_then_finetune_and_two_steps(cifar_all_classes, tmp_path):
     again = variants.transfer_run(base, pretrained, "OURS", "OURS", {}, 0,
                                   tmp_path / "elsewhere", results / "OURS" / "seed0.json")
     assert again == json.loads((results / "OURS" / "seed0.json").read_text())
+    assert not (tmp_path / "elsewhere").exists()
+    # ... but only for the settings it was trained with: a changed learning rate is an
+    # error naming the file and the key, never the stale result.
+    changed = copy.deepcopy(base)
+    changed.optimizer.lr = 0.5
+    with pytest.raises(ConfigError, match=r"seed0.json was trained with other settings "
+                                          r"\(optimizer.lr: [0-9.]+ there, 0.5 now\)"):
+        variants.transfer_run(changed, pretrained, "OURS", "OURS", {}, 0,
+                              tmp_path / "elsewhere", results / "OURS" / "seed0.json")
     assert not (tmp_path / "elsewhere").exists()
 
     two = variants.transfer_run(base, pretrained, "CC two-step", "CC-2step", {}, 0,

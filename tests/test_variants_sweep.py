@@ -22,13 +22,13 @@ def test_study_runs_cover_the_issue():
 
 
 def test_only_selects_runs_by_table_name_and_rejects_unknown_names():
-    from absl import app
+    from hierjax.errors import ConfigError
 
     runs = variants.study_runs("scale", "OURS")
     assert [n for n, _, _ in runs][:2] == ["SM", "SC-CSM"]
     assert [n for n, _, _ in variants.selected(runs, ["SC-CSM", "SM"])] == ["SM", "SC-CSM"]
     assert variants.selected(runs, []) == runs
-    with pytest.raises(app.UsageError, match="--only=OURS: no such run"):
+    with pytest.raises(ConfigError, match="--only=OURS: no such run"):
         variants.selected(runs, ["OURS", "SM"])
 
 

@@ -53,6 +53,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from hierjax.benchmarks import common, stats, transfer
+from hierjax.errors import ConfigError
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Base config of every run.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where the runs and results go.")
@@ -81,7 +82,7 @@ FIGURES = common.REPO_ROOT / "docs" / "figures"
 LAMBDAS = (0.2, 0.4, 0.6, 0.8, 1.0, 1.2, 1.4)
 KS = (1, 3, 5, 10)
 BS = (0.5, 1.0, 2.0, 4.0)
-LRS = (0.003, 0.01, 0.03)
+LRS = (0.003, 0.01, 0.03, 0.1)
 # (column, metric key, scale)
 COLUMNS = (("fine top-1 %", "top1_from_fine/0", 100), ("coarse top-1 %", "top1_from_fine/1", 100),
            ("fine top-5 %", "top5/0", 100), ("mistake severity", "mistake_severity", 1),
@@ -127,14 +128,41 @@ def eval_curve(workdir: pathlib.Path, steps_per_epoch: int) -> list[tuple[float,
     return curve
 
 
+# Where the data and the pretrained run live, not what trains: may differ between machines.
+_LOCATION_KEYS = frozenset({"data.data_dir", "model.init_from"})
+
+
+def cached_result(result_path: pathlib.Path, config) -> dict | None:
+    """The result stored at `result_path`, or None; an error when it was trained with
+    settings other than `config`'s (a changed flag must not reuse a stale result)."""
+    from hierjax import settings
+
+    if not result_path.exists():
+        return None
+    result = json.loads(result_path.read_text())
+    stored = result.get("config")
+    if stored is None:  # result files from before configs were stored
+        return result
+    now = json.loads(json.dumps(settings.to_dict(config)))
+    differ = sorted(k for k in stored.keys() | now.keys()
+                    if k not in _LOCATION_KEYS and stored.get(k) != now.get(k))
+    if differ:
+        shown = "; ".join(f"{k}: {stored.get(k)!r} there, {now.get(k)!r} now" for k in differ[:4])
+        raise ConfigError(
+            f"{result_path} was trained with other settings ({shown}"
+            f"{'; ...' if len(differ) > 4 else ''}). Give this sweep its own --results "
+            "folder, or delete the file to train the run again.")
+    return result
+
+
 def train_run(config, workdir: pathlib.Path, result_path: pathlib.Path | None = None) -> dict:
-    """The run's result: final metrics, wall seconds, eval curve, cached in `result_path`
-    (default WORKDIR/result.json). `config`: resolved settings."""
-    from hierjax import data, train
+    """The run's result: final metrics, wall seconds, eval curve, resolved config, cached
+    in `result_path` (default WORKDIR/result.json). `config`: resolved settings."""
+    from hierjax import data, settings, train
 
     result_path = result_path or workdir / "result.json"
-    if result_path.exists():
-        return json.loads(result_path.read_text())
+    if (cached := cached_result(result_path, config)) is not None:
+        return cached
     if (workdir / "checkpoints").exists():
         logging.warning("%s holds a partial run; its time will only count the rest.", workdir)
     start = time.perf_counter()
@@ -142,7 +170,8 @@ def train_run(config, workdir: pathlib.Path, result_path: pathlib.Path | None = 
     seconds = time.perf_counter() - start
     train_set, _ = data.build_sources(config.data)
     result = {"metrics": metrics, "seconds": seconds,
-              "curve": eval_curve(workdir, len(train_set) // config.batch_size)}
+              "curve": eval_curve(workdir, len(train_set) // config.batch_size),
+              "config": settings.to_dict(config)}
     result_path.parent.mkdir(parents=True, exist_ok=True)
     result_path.write_text(json.dumps(result))
     return result
@@ -285,11 +314,11 @@ def transfer_run(base, pretrained: pathlib.Path, name: str, variant: str, overri
     """One fine-tuning run of the transfer protocol, cached in `result_path`."""
     from hierjax import settings
 
-    if result_path.exists():
-        return json.loads(result_path.read_text())
     if variant == "CC-2step":
         stage1, stage2 = transfer.two_step_configs(base, pretrained, run_dir / "stage1",
                                                    overrides, seed)
+        if (cached := cached_result(result_path, stage2)) is not None:
+            return cached
         first = _fit(stage1, run_dir / "stage1")
         second = _fit(stage2, run_dir / "stage2")
         offset = stage1.num_epochs
@@ -299,6 +328,8 @@ def transfer_run(base, pretrained: pathlib.Path, name: str, variant: str, overri
                   "config": settings.to_dict(stage2), "stage1_config": settings.to_dict(stage1)}
     else:
         config = transfer.finetune_config(base, pretrained, variant, overrides, seed)
+        if (cached := cached_result(result_path, config)) is not None:
+            return cached
         result = {**_fit(config, run_dir), "config": settings.to_dict(config)}
     result["name"], result["seed"] = name, seed
     result_path.parent.mkdir(parents=True, exist_ok=True)
@@ -396,7 +427,7 @@ def selected(runs: list[tuple[str, str, dict]], only: list[str]) -> list[tuple[s
     error, not an empty sweep."""
     unknown = set(only) - {name for name, _, _ in runs}
     if unknown:
-        raise app.UsageError(f"--only={','.join(sorted(unknown))}: no such run in this study; "
+        raise ConfigError(f"--only={','.join(sorted(unknown))}: no such run in this study; "
                              f"its runs are {', '.join(name for name, _, _ in runs)}.")
     return [r for r in runs if not only or r[0] in only]
 
@@ -415,11 +446,12 @@ def main_transfer(base, study: str, workdir: pathlib.Path) -> None:
 
     results = _seed_major(runs, workdir / study, results_dir / study, run_one)
     baseline = "SM" if study == "variants" else None
-    figure = (FIGURES if _WRITE.value else workdir) / f"transfer_{study}_{config_name(base)}.png"
+    name = f"{config_name(base)}{results_label()}"
+    figure = (FIGURES if _WRITE.value else workdir) / f"transfer_{study}_{name}.png"
     transfer_plot(results, study, baseline, figure)
     pre = json.loads((results_dir / "pretrain.json").read_text())
     body = "\n".join([
-        f"### transfer {study}: {config_name(base)}", "",
+        f"### transfer {study}: {name}", "",
         f"{common.hardware_line()}. {_NOTE.value}".rstrip(), "",
         f"    python -m hierjax.benchmarks.variants {shlex.join(sys.argv[1:])}", "",
         f"Pretrained: flat softmax on the 40 source classes, {_PRETRAIN_EPOCHS.value} "
@@ -431,16 +463,17 @@ def main_transfer(base, study: str, workdir: pathlib.Path) -> None:
         f"![transfer {study}]({figure.relative_to(common.REPO_ROOT) if _WRITE.value else figure})"])
     print(body)
     if _WRITE.value:
-        common.write_section(f"transfer-{study}-{config_name(base)}", body)
+        common.write_section(f"transfer-{study}-{name}", body)
 
 
 def main(argv):
+    from hierjax.cli import run_command
     from hierjax.errors import Preempted
 
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     try:
-        sweep(_CONFIG.value, _STUDY.value)
+        run_command(lambda: sweep(_CONFIG.value, _STUDY.value))
     except Preempted as e:  # the stopped run is saved, and cached only once it finishes
         logging.info("Sweep stopped: %s (finished runs keep their result files).", e)
 
@@ -509,6 +542,14 @@ def _seed_major(runs, run_root: pathlib.Path, result_root: pathlib.Path,
 
 def config_name(config) -> str:
     return f"{config.data.name}-{config.model.name}"
+
+
+def results_label() -> str:
+    """"" for the default --results folder, else "-<its name>": a sweep with its own
+    result files (e.g. another learning rate) gets its own table, section and figure."""
+    results = pathlib.Path(_RESULTS.value).resolve()
+    default = (common.REPO_ROOT / "docs" / "results").resolve()
+    return "" if results == default else f"-{results.name}"
 
 
 if __name__ == "__main__":
