@@ -82,7 +82,7 @@ FIGURES = common.REPO_ROOT / "docs" / "figures"
 LAMBDAS = (0.2, 0.4, 0.6, 0.8, 1.0, 1.2, 1.4)
 KS = (1, 3, 5, 10)
 BS = (0.5, 1.0, 2.0, 4.0)
-LRS = (0.003, 0.01, 0.03, 0.1)
+LRS = (0.003, 0.01, 0.03, 0.1, 0.3)
 # (column, metric key, scale)
 COLUMNS = (("fine top-1 %", "top1_from_fine/0", 100), ("coarse top-1 %", "top1_from_fine/1", 100),
            ("fine top-5 %", "top5/0", 100), ("mistake severity", "mistake_severity", 1),
