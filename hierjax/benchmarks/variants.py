@@ -143,11 +143,13 @@ def cached_result(result_path: pathlib.Path, config) -> dict | None:
     stored = result.get("config")
     if stored is None:  # result files from before configs were stored
         return result
+    # A key added to hierjax after the result was written had its default then.
+    stored = {**settings.defaults(), **stored}
     now = json.loads(json.dumps(settings.to_dict(config)))
-    differ = sorted(k for k in stored.keys() | now.keys()
-                    if k not in _LOCATION_KEYS and stored.get(k) != now.get(k))
+    differ = {k: v for k, v in settings.diff(stored, now).items() if k not in _LOCATION_KEYS}
     if differ:
-        shown = "; ".join(f"{k}: {stored.get(k)!r} there, {now.get(k)!r} now" for k in differ[:4])
+        shown = "; ".join(f"{k}: {old!r} there, {new!r} now"
+                          for k, (old, new) in list(differ.items())[:4])
         raise ConfigError(
             f"{result_path} was trained with other settings ({shown}"
             f"{'; ...' if len(differ) > 4 else ''}). Give this sweep its own --results "
