@@ -74,7 +74,8 @@ _ONLY = flags.DEFINE_list("only", [], "run only these runs of the study (names a
                           "table, e.g. SM,OURS)")
 _CACHED = flags.DEFINE_bool("cached", False, "train nothing; the table and plot of the "
                             "result files there are (rows with the seeds they have)")
-_RESULTS = flags.DEFINE_string("results", str(common.REPO_ROOT / "docs" / "results"),
+RESULTS = common.REPO_ROOT / "docs" / "results"
+_RESULTS = flags.DEFINE_string("results", str(RESULTS),
                                "where the per-run result files are kept")
 flags.mark_flags_as_required(["config", "workdir"])
 
@@ -430,7 +431,7 @@ def selected(runs: list[tuple[str, str, dict]], only: list[str]) -> list[tuple[s
     unknown = set(only) - {name for name, _, _ in runs}
     if unknown:
         raise ConfigError(f"--only={','.join(sorted(unknown))}: no such run in this study; "
-                             f"its runs are {', '.join(name for name, _, _ in runs)}.")
+                          f"its runs are {', '.join(name for name, _, _ in runs)}.")
     return [r for r in runs if not only or r[0] in only]
 
 
@@ -440,8 +441,6 @@ def main_transfer(base, study: str, workdir: pathlib.Path) -> None:
     runs = selected(transfer_study_runs(study, _VARIANT.value, _BEST_B.value), _ONLY.value)
 
     def run_one(name, variant, overrides, seed, run_dir, result_path):
-        if _CACHED.value:
-            return json.loads(result_path.read_text()) if result_path.exists() else None
         logging.info("=== transfer %s / %s, seed %d", study, name, seed)
         return transfer_run(base, pretrained, name, variant, overrides, seed, run_dir,
                             result_path)
@@ -487,8 +486,6 @@ def sweep(base, study: str) -> None:
     runs = selected(study_runs(study, _VARIANT.value), _ONLY.value)
 
     def run_one(name, variant, overrides, seed, run_dir, result_path):
-        if _CACHED.value:
-            return json.loads(result_path.read_text()) if result_path.exists() else None
         logging.info("=== %s / %s, seed %d", study, name, seed)
         return train_run(run_config(base, variant, overrides, seed), run_dir, result_path)
 
@@ -529,14 +526,20 @@ def _seed_major(runs, run_root: pathlib.Path, result_root: pathlib.Path,
                 run_one) -> dict[str, list[dict]]:
     """{run name: results over seeds 0..--seeds-1}, trained seed by seed, so that an
     interrupted sweep leaves complete, paired seeds. `run_one(name, variant, overrides,
-    seed, run_dir, result_path)` returns a run's result, or None to leave it out; runs
-    with no result at all are left out of the dict."""
+    seed, run_dir, result_path)` returns a run's result; with --cached it is not called and
+    a run without a result file is left out; runs with no result at all are left out of
+    the dict."""
     results: dict[str, list[dict]] = {name: [] for name, _, _ in runs}
     for seed in range(_SEEDS.value):
         for name, variant, overrides in runs:
             where = pathlib.Path(_slug(name))
-            result = run_one(name, variant, overrides, seed, run_root / where / f"seed{seed}",
-                             result_root / where / f"seed{seed}.json")
+            result_path = result_root / where / f"seed{seed}.json"
+            if _CACHED.value:
+                result = (json.loads(result_path.read_text()) if result_path.exists()
+                          else None)
+            else:
+                result = run_one(name, variant, overrides, seed,
+                                 run_root / where / f"seed{seed}", result_path)
             if result is not None:
                 results[name].append({**result, "seed": seed})
     return {name: found for name, found in results.items() if found}
@@ -550,8 +553,7 @@ def results_label() -> str:
     """"" for the default --results folder, else "-<its name>": a sweep with its own
     result files (e.g. another learning rate) gets its own table, section and figure."""
     results = pathlib.Path(_RESULTS.value).resolve()
-    default = (common.REPO_ROOT / "docs" / "results").resolve()
-    return "" if results == default else f"-{results.name}"
+    return "" if results == RESULTS.resolve() else f"-{results.name}"
 
 
 if __name__ == "__main__":
