@@ -68,3 +68,14 @@ class Preempted(Exception):
         super().__init__(f"training stopped by SIGTERM at step {step}; its checkpoint is "
                          "saved: run the same command again to resume")
         self.step = step
+
+
+class Diverged(FloatingPointError):
+    """Training reached a non-finite loss, gradient norm or parameter at `step`; nothing
+    from that step on was saved. Not a bug and not the user's input alone (a learning
+    rate too high for this model): `hierjax.main` exits 1 with the message, and a sweep
+    records the run as diverged and goes on."""
+
+    def __init__(self, message: str, step: int):
+        super().__init__(message)
+        self.step = step

@@ -33,7 +33,7 @@ from absl import logging
 from hierjax import data, distributed, metrics, optim, settings as settings_lib
 from hierjax import decode as decode_lib
 from hierjax import workdir as workdir_lib
-from hierjax.errors import Preempted
+from hierjax.errors import Diverged, Preempted
 from hierjax.checkpointing import Checkpointer, PreemptionFlag
 from hierjax.models import build_model
 from hierjax.prefetch import DevicePrefetch, replicate
@@ -347,7 +347,7 @@ class _FiniteChecker:
         s = self._s
         last = (f"the last checkpoint, step {self._last_saved}, was saved before it and is "
                 "finite" if self._last_saved is not None else "no checkpoint was saved")
-        raise FloatingPointError(
+        raise Diverged(
             f"step {step}: {', '.join(f'{k} = {values[k]}' for k in bad)} is not finite; "
             f"nothing from this step on was saved ({last}). Likely cause: a learning rate "
             f"too high for this model (config.optimizer.lr = {s.optimizer.lr}), the GLM "
@@ -355,7 +355,7 @@ class _FiniteChecker:
             f"network trained from scratch (config.model.pretrained = "
             f"{s.model.pretrained!r}), or no gradient clipping (config.optimizer."
             f"grad_clip_norm = {s.optimizer.grad_clip_norm}). Change one, and start again "
-            "in a new workdir or resume from the last checkpoint.")
+            "in a new workdir or resume from the last checkpoint.", step)
 
 
 def _summary(rates, hierarchy, where: str, *, stopped_at=None):

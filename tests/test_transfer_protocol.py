@@ -84,6 +84,29 @@ def test_pretrain_then_finetune_and_two_steps(cifar_all_classes, tmp_path):
     table = variants.transfer_table({"SM": [ours, ours], "OURS": [ours, ours]}, "SM")
     assert "| OURS | 2 |" in table and "0.00 ± 0.00" in table
 
+    # A run that diverges is a result (recorded, cached, named in the table), not the end
+    # of the sweep; the two-step form does not start stage 2 from a diverged stage 1.
+    explode = copy.deepcopy(base)
+    explode.optimizer.lr = 1e30
+    bad = variants.transfer_run(explode, pretrained, "SM", "SM", {}, 1, tmp_path / "bad",
+                                results / "SM" / "seed1.json")
+    assert bad["test"] is None and bad["diverged"]["step"] >= 1
+    assert "is not finite" in bad["diverged"]["reason"]
+    assert json.loads((results / "SM" / "seed1.json").read_text())["diverged"] == bad["diverged"]
+    bad2 = variants.transfer_run(explode, pretrained, "CC two-step", "CC-2step", {}, 1,
+                                 tmp_path / "bad2", results / "CC" / "seed1.json")
+    assert bad2["diverged"] and not (tmp_path / "bad2" / "stage2").exists()
+    table = variants.transfer_table(
+        {"SM": [{**ours, "seed": 0}, {**bad, "seed": 1}],
+         "CC two-step": [{**bad2, "seed": 1}]}, "SM")
+    sm, two_step = table.splitlines()[2:]
+    assert sm.startswith(f"| SM (diverged: seed 1 at step {bad['diverged']['step']}) | 1 | ")
+    assert two_step.startswith("| CC two-step (diverged: seed 1 at step ") and two_step.endswith(
+        "| 0 | - | - | - | - | - | - | - | - |")
+    variants.transfer_plot({"SM": [{**ours, "seed": 0}], "CC two-step": [{**bad2, "seed": 1}]},
+                           "variants", "SM", tmp_path / "plot.png")
+    assert (tmp_path / "plot.png").exists()
+
 
 def _fake(top1):
     return {"test": {"top1_from_fine/0": top1}, "val": {"top1_from_fine/0": top1 - 0.01},

@@ -69,6 +69,19 @@ def test_a_preempted_run_is_never_cached_as_a_result(tmp_path, monkeypatch):
     assert not (tmp_path / "t" / "seed0.json").exists()
 
 
+def test_a_diverged_run_is_recorded_and_tabled_not_raised(tmp_path, monkeypatch):
+    config = tiny_settings(num_steps=3, **{"optimizer.lr": 1e30})
+    bad = variants.train_run(config, tmp_path)
+    assert bad["metrics"] is None and bad["diverged"]["step"] >= 1
+    monkeypatch.setattr(train, "train_and_evaluate", lambda *a: pytest.fail("retrained"))
+    assert variants.train_run(config, tmp_path)["diverged"] == bad["diverged"]
+    step = bad["diverged"]["step"]
+    text = variants.table({"SM": [result(0.40, 0)], "OURS": [{**bad, "seed": 0}]},
+                          {"SM": 0.25, "OURS": 0.5})
+    assert text.splitlines()[3] == (f"| OURS (diverged: seed 0 at step {step}) | 0 | "
+                                    + "- | " * 7)[:-1]
+
+
 def result(top1, seed=0, seconds=60.0):
     metrics = {"top1_from_fine/0": top1, "top1_from_fine/1": 0.5, "top5/0": 0.9,
                "mistake_severity": 1.5}

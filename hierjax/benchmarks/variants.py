@@ -53,7 +53,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from hierjax.benchmarks import common, stats, transfer
-from hierjax.errors import ConfigError
+from hierjax.errors import ConfigError, Diverged
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Base config of every run.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where the runs and results go.")
@@ -118,15 +118,45 @@ def run_config(base, variant: str, overrides: dict, seed: int):
     return settings.resolve(config)
 
 
+def metric_rows(workdir: pathlib.Path) -> list[dict]:
+    """The records of the run's metrics.jsonl (none when it stopped before its first)."""
+    path = workdir / "metrics.jsonl"
+    return ([json.loads(line) for line in path.read_text().splitlines()]
+            if path.exists() else [])
+
+
 def eval_curve(workdir: pathlib.Path, steps_per_epoch: int) -> list[tuple[float, float]]:
     """(epoch, fine top-1) of every periodic evaluation in the run's metrics.jsonl (on
     the validation split when the run has one, else on the test split)."""
-    curve = []
-    for line in (workdir / "metrics.jsonl").read_text().splitlines():
-        record = json.loads(line)
-        if record["split"] in ("eval", "val"):
-            curve.append((record["step"] / steps_per_epoch, record["top1_from_fine/0"]))
-    return curve
+    return [(r["step"] / steps_per_epoch, r["top1_from_fine/0"])
+            for r in metric_rows(workdir) if r["split"] in ("eval", "val")]
+
+
+def _train_or_diverge(config, workdir: pathlib.Path) -> tuple[dict | None, dict]:
+    """(final metrics, {}) of a finished run; (None, {"diverged": {"step", "reason"}}) of
+    one stopped by a non-finite loss, gradient or parameter: a result of its settings
+    (e.g. a learning rate too high for a variant), recorded so that the sweep goes on."""
+    from hierjax import train
+
+    try:
+        return train.train_and_evaluate(config, workdir), {}
+    except Diverged as e:
+        reason = str(e).split(";")[0]
+        logging.warning("%s diverged (%s); recorded as such, the sweep goes on.", workdir,
+                        reason)
+        return None, {"diverged": {"step": e.step, "reason": reason}}
+
+
+def finished(runs: list[dict]) -> list[dict]:
+    """The runs (seeds) that trained to the end, i.e. not diverged."""
+    return [r for r in runs if "diverged" not in r]
+
+
+def diverged_label(name: str, runs: list[dict]) -> str:
+    """A table row's name, with the seeds that diverged and at which step."""
+    bad = [f"seed {r['seed']} at step {r['diverged']['step']}" for r in runs
+           if "diverged" in r]
+    return f"{name} (diverged: {', '.join(bad)})" if bad else name
 
 
 # Where the data and the pretrained run live, not what trains: may differ between machines.
@@ -159,9 +189,10 @@ def cached_result(result_path: pathlib.Path, config) -> dict | None:
 
 
 def train_run(config, workdir: pathlib.Path, result_path: pathlib.Path | None = None) -> dict:
-    """The run's result: final metrics, wall seconds, eval curve, resolved config, cached
-    in `result_path` (default WORKDIR/result.json). `config`: resolved settings."""
-    from hierjax import data, settings, train
+    """The run's result: final metrics (None if it diverged, with "diverged" set), wall
+    seconds, eval curve, resolved config, cached in `result_path` (default
+    WORKDIR/result.json). `config`: resolved settings."""
+    from hierjax import data, settings
 
     result_path = result_path or workdir / "result.json"
     if (cached := cached_result(result_path, config)) is not None:
@@ -169,12 +200,12 @@ def train_run(config, workdir: pathlib.Path, result_path: pathlib.Path | None = 
     if (workdir / "checkpoints").exists():
         logging.warning("%s holds a partial run; its time will only count the rest.", workdir)
     start = time.perf_counter()
-    metrics = train.train_and_evaluate(config, workdir)
+    metrics, diverged = _train_or_diverge(config, workdir)
     seconds = time.perf_counter() - start
     train_set, _ = data.build_sources(config.data)
     result = {"metrics": metrics, "seconds": seconds,
               "curve": eval_curve(workdir, len(train_set) // config.batch_size),
-              "config": settings.to_dict(config)}
+              "config": settings.to_dict(config), **diverged}
     result_path.parent.mkdir(parents=True, exist_ok=True)
     result_path.write_text(json.dumps(result))
     return result
@@ -209,14 +240,19 @@ def _gain_cell(runs: list[dict], base_runs: list[dict], key) -> str:
 
 
 def table(results: dict[str, list[dict]], siblings: dict[str, float]) -> str:
-    """Markdown: one row per run, mean ± 95% CI over seeds (a single seed: its value),
-    gain over SM as the CI of the per-seed paired differences."""
+    """Markdown: one row per run, mean ± 95% CI over the seeds that finished (a single
+    seed: its value; diverged seeds named beside the run), gain over SM as the CI of the
+    per-seed paired differences."""
     header = ["run", "seeds", *(c for c, _, _ in COLUMNS), "gain over SM (fine top-1, paired)",
               "classes with a sibling in the batch"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    baseline = results.get("SM")
-    for name, seeds in results.items():
-        cells = [name, str(len(seeds))]
+    baseline = finished(results.get("SM", []))
+    for name, all_seeds in results.items():
+        seeds = finished(all_seeds)
+        cells = [diverged_label(name, all_seeds), str(len(seeds))]
+        if not seeds:
+            lines.append("| " + " | ".join(cells + ["-"] * (len(header) - 2)) + " |")
+            continue
         for _, key, scale in COLUMNS:
             cells.append(stats.format_ci(*stats.mean_ci(
                 [scale * (r["seconds"] if key == "seconds" else r["metrics"][key])
@@ -248,6 +284,8 @@ def plot(results: dict[str, list[dict]], study: str, path: pathlib.Path) -> None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    results = {name: runs for name, runs in
+               ((name, finished(runs)) for name, runs in results.items()) if runs}
     path.parent.mkdir(parents=True, exist_ok=True)
     single = study in ("variants", "scale")  # runs that are not values of one knob
     figure, axes = plt.subplots(1, 1 if single else 2, figsize=(7 if single else 12, 4.5),
@@ -297,19 +335,19 @@ def _slug(name: str) -> str:
 
 
 def _fit(config, workdir: pathlib.Path) -> dict:
-    """Trains (or resumes) one run; its test metrics, final validation metrics, wall
-    seconds and validation curve [(epoch, fine top-1, coarse top-1)]."""
-    from hierjax import data, train
+    """Trains (or resumes) one run; its test metrics (None if it diverged, with
+    "diverged" set), final validation metrics, wall seconds and validation curve
+    [(epoch, fine top-1, coarse top-1)]."""
+    from hierjax import data
 
     start = time.perf_counter()
-    test = train.train_and_evaluate(config, workdir)
+    test, diverged = _train_or_diverge(config, workdir)
     seconds = time.perf_counter() - start
     steps_per_epoch = len(data.build_splits(config.data).train) // config.batch_size
-    rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
-    val = [r for r in rows if r["split"] == "val"]
+    val = [r for r in metric_rows(workdir) if r["split"] == "val"]
     return {"test": test, "val": val[-1] if val else {}, "seconds": seconds,
             "curve": [(r["step"] / steps_per_epoch, r["top1_from_fine/0"],
-                       r["top1_from_fine/1"]) for r in val]}
+                       r["top1_from_fine/1"]) for r in val], **diverged}
 
 
 def transfer_run(base, pretrained: pathlib.Path, name: str, variant: str, overrides: dict,
@@ -323,9 +361,12 @@ def transfer_run(base, pretrained: pathlib.Path, name: str, variant: str, overri
         if (cached := cached_result(result_path, stage2)) is not None:
             return cached
         first = _fit(stage1, run_dir / "stage1")
-        second = _fit(stage2, run_dir / "stage2")
+        if "diverged" in first:  # no stage 1 to start stage 2 from
+            second = {"curve": [], "seconds": 0.0}
+        else:
+            second = _fit(stage2, run_dir / "stage2")
         offset = stage1.num_epochs
-        result = {**second, "seconds": first["seconds"] + second["seconds"],
+        result = {**first, **second, "seconds": first["seconds"] + second["seconds"],
                   "curve": first["curve"] + [(e + offset, *rest)
                                              for e, *rest in second["curve"]],
                   "config": settings.to_dict(stage2), "stage1_config": settings.to_dict(stage1)}
@@ -348,14 +389,21 @@ def pretrain(base, workdir: pathlib.Path, results: pathlib.Path) -> pathlib.Path
         config = transfer.pretrain_config(base, epochs=_PRETRAIN_EPOCHS.value,
                                           lr=_PRETRAIN_LR.value)
         train_run(config, run_dir)
+    result = json.loads((run_dir / "result.json").read_text())
+    if "diverged" in result:
+        raise ConfigError(
+            f"Pretraining in {run_dir} diverged ({result['diverged']['reason']}): no network "
+            f"to fine-tune from. Lower --pretrain_lr (now {_PRETRAIN_LR.value}) and delete "
+            f"{run_dir} to pretrain again.")
     results.mkdir(parents=True, exist_ok=True)
     (results / "pretrain.json").write_text((run_dir / "result.json").read_text())
     return run_dir
 
 
 def transfer_table(results: dict[str, list[dict]], baseline: str | None) -> str:
-    """Markdown: mean ± 95% CI over seeds of the test metrics, the validation fine top-1,
-    and the gain over `baseline` as the CI of the per-seed paired differences."""
+    """Markdown: mean ± 95% CI over the seeds that finished of the test metrics, the
+    validation fine top-1, and the gain over `baseline` as the CI of the per-seed paired
+    differences; diverged seeds are named beside the run."""
     columns = (("test fine top-1 %", "top1_from_fine/0", 100),
                ("test coarse top-1 % (via fine)", "top1_from_fine/1", 100),
                ("test coarse top-1 % (own head)", "top1/1", 100),
@@ -364,9 +412,13 @@ def transfer_table(results: dict[str, list[dict]], baseline: str | None) -> str:
     header = ["run", "seeds", *(c for c, _, _ in columns), "val fine top-1 %", "train min",
               f"gain over {baseline} (fine top-1, paired)" if baseline else "gain"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    base_runs = results.get(baseline) if baseline else None
-    for name, runs in results.items():
-        cells = [name, str(len(runs))]
+    base_runs = finished(results.get(baseline, [])) if baseline else None
+    for name, all_runs in results.items():
+        runs = finished(all_runs)
+        cells = [diverged_label(name, all_runs), str(len(runs))]
+        if not runs:
+            lines.append("| " + " | ".join(cells + ["-"] * (len(header) - 2)) + " |")
+            continue
         for _, key, scale in columns:
             values = [scale * r["test"][key] for r in runs if key in r["test"]]
             cells.append(stats.format_ci(*stats.mean_ci(values)) if values else "-")
@@ -390,6 +442,8 @@ def transfer_plot(results: dict[str, list[dict]], study: str, baseline: str | No
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    results = {name: runs for name, runs in
+               ((name, finished(runs)) for name, runs in results.items()) if runs}
     path.parent.mkdir(parents=True, exist_ok=True)
     figure, (curves, right) = plt.subplots(1, 2, figsize=(12, 4.5))
     for name, seeds in results.items():
