@@ -9,7 +9,6 @@ import json
 import numpy as np
 import pytest
 
-from hierjax import settings
 from hierjax.benchmarks import transfer, variants
 from hierjax.errors import ConfigError
 from hierjax.hierarchy import shipped

@@ -53,6 +53,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from hierjax.benchmarks import common, stats, transfer
+from hierjax.benchmarks.results import LOCATION_KEYS, diverged_label, finished, gain_cell
 from hierjax.errors import ConfigError, Diverged
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Base config of every run.")
@@ -147,22 +148,6 @@ def _train_or_diverge(config, workdir: pathlib.Path) -> tuple[dict | None, dict]
         return None, {"diverged": {"step": e.step, "reason": reason}}
 
 
-def finished(runs: list[dict]) -> list[dict]:
-    """The runs (seeds) that trained to the end, i.e. not diverged."""
-    return [r for r in runs if "diverged" not in r]
-
-
-def diverged_label(name: str, runs: list[dict]) -> str:
-    """A table row's name, with the seeds that diverged and at which step."""
-    bad = [f"seed {r['seed']} at step {r['diverged']['step']}" for r in runs
-           if "diverged" in r]
-    return f"{name} (diverged: {', '.join(bad)})" if bad else name
-
-
-# Where the data and the pretrained run live, not what trains: may differ between machines.
-_LOCATION_KEYS = frozenset({"data.data_dir", "model.init_from"})
-
-
 def cached_result(result_path: pathlib.Path, config) -> dict | None:
     """The result stored at `result_path`, or None; an error when it was trained with
     settings other than `config`'s (a changed flag must not reuse a stale result)."""
@@ -177,7 +162,7 @@ def cached_result(result_path: pathlib.Path, config) -> dict | None:
     # A key added to hierjax after the result was written had its default then.
     stored = {**settings.defaults(), **stored}
     now = json.loads(json.dumps(settings.to_dict(config)))
-    differ = {k: v for k, v in settings.diff(stored, now).items() if k not in _LOCATION_KEYS}
+    differ = {k: v for k, v in settings.diff(stored, now).items() if k not in LOCATION_KEYS}
     if differ:
         shown = "; ".join(f"{k}: {old!r} there, {new!r} now"
                           for k, (old, new) in list(differ.items())[:4])
@@ -226,19 +211,6 @@ def sibling_fraction(config) -> float:
                           for b in batches]))
 
 
-def _gain_cell(runs: list[dict], base_runs: list[dict], key) -> str:
-    """The paired gain of `runs` over `base_runs` on the seeds both have: mean ± 95% CI of
-    the per-seed differences of key(run) (one seed: the difference alone)."""
-    base_by_seed = {b["seed"]: b for b in base_runs}
-    pairs = [(key(r), key(base_by_seed[r["seed"]])) for r in runs if r["seed"] in base_by_seed]
-    if not pairs:
-        return "-"
-    gain, half = stats.paired_gain(*zip(*pairs))
-    return (stats.format_ci(gain, half)
-            + (" (CI excludes 0)" if stats.significant(gain, half) else "")
-            + (f" ({len(pairs)} pairs)" if len(pairs) < len(runs) else ""))
-
-
 def table(results: dict[str, list[dict]], siblings: dict[str, float]) -> str:
     """Markdown: one row per run, mean ± 95% CI over the seeds that finished (a single
     seed: its value; diverged seeds named beside the run), gain over SM as the CI of the
@@ -257,7 +229,7 @@ def table(results: dict[str, list[dict]], siblings: dict[str, float]) -> str:
             cells.append(stats.format_ci(*stats.mean_ci(
                 [scale * (r["seconds"] if key == "seconds" else r["metrics"][key])
                  for r in seeds])))
-        cells.append(_gain_cell(seeds, baseline, lambda r: 100 * r["metrics"]["top1_from_fine/0"])
+        cells.append(gain_cell(seeds, baseline, lambda r: 100 * r["metrics"]["top1_from_fine/0"])
                      if baseline and name != "SM" else "-")
         cells.append(f"{100 * siblings[name]:.0f}%")
         lines.append("| " + " | ".join(cells) + " |")
@@ -425,7 +397,7 @@ def transfer_table(results: dict[str, list[dict]], baseline: str | None) -> str:
         cells.append(stats.format_ci(*stats.mean_ci(
             [100 * r["val"].get("top1_from_fine/0", float("nan")) for r in runs])))
         cells.append(stats.format_ci(*stats.mean_ci([r["seconds"] / 60 for r in runs]), 1))
-        cells.append(_gain_cell(runs, base_runs, lambda r: 100 * r["test"]["top1_from_fine/0"])
+        cells.append(gain_cell(runs, base_runs, lambda r: 100 * r["test"]["top1_from_fine/0"])
                      if base_runs and name != baseline else "-")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

@@ -1,0 +1,97 @@
+"""Each variant at its own settings: runs from different result folders of
+`hierjax.benchmarks.variants` (say SM at the learning rate validation chose for SM, OURS at
+the one it chose for OURS) against one baseline folder, paired by seed.
+
+    python -m hierjax.benchmarks.compare --baseline=docs/results/lr0.1/transfer/variants/SM \\
+        docs/results/clip5-lr0.1-heads1/transfer/variants/OURS
+
+A row per folder of seed*.json result files (either protocol): its variant, the settings
+in which it differs from the baseline (beyond the variant, the loss and the seed), the
+test and validation fine top-1 (mean ± 95% CI over the seeds that finished) and the test
+gain over the baseline as the mean ± 95% CI of the per-seed differences
+(`stats.paired_gain`). `--write` puts the table into BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import pathlib
+import shlex
+import sys
+
+from hierjax.benchmarks import common, stats
+from hierjax.benchmarks.results import (LOCATION_KEYS, diverged_label, finished, gain_cell,
+                                        load_runs)
+
+# Keys that make a row the variant it is, or a different draw of it, not other settings.
+_OWN_KEYS = ("variant", "seed", "loss.")
+
+
+def _test(run: dict) -> dict:
+    return run.get("test") or run.get("metrics") or {}  # transfer / scratch protocol
+
+
+def settings_apart(config: dict, baseline: dict) -> str:
+    """"key value; ..." of the settings in which `config` differs from `baseline` (stored
+    `settings.to_dict` forms; a key newer than a file has its default), leaving out the
+    variant's own keys and the paths."""
+    from hierjax import settings
+
+    defaults = settings.defaults()
+    apart = {k: new for k, (_, new)
+             in settings.diff({**defaults, **baseline}, {**defaults, **config}).items()
+             if not k.startswith(_OWN_KEYS) and k not in LOCATION_KEYS}
+    return "; ".join(f"{k} {v}" for k, v in apart.items()) or "same"
+
+
+def compare_table(baseline_dir: pathlib.Path, folders: list[pathlib.Path]) -> str:
+    """Markdown: the baseline's row, then one row per folder (see the module docstring)."""
+    base_runs = load_runs(baseline_dir)
+    base_config = base_runs[0].get("config", {})
+    header = ["results", "variant", "settings apart from the baseline's", "seeds",
+              "test fine top-1 %", "val fine top-1 %",
+              "gain over the baseline (test fine top-1, paired)"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for folder in [baseline_dir, *folders]:
+        all_runs = load_runs(folder)
+        runs = finished(all_runs)
+        config = all_runs[0].get("config", {})
+        cells = [diverged_label(str(folder), all_runs), config.get("variant", "?"),
+                 "(baseline)" if folder == baseline_dir else settings_apart(config, base_config),
+                 str(len(runs))]
+        for values in ([100 * _test(r)["top1_from_fine/0"] for r in runs],
+                       [100 * r["val"]["top1_from_fine/0"] for r in runs if r.get("val")]):
+            cells.append(stats.format_ci(*stats.mean_ci(values)) if values else "-")
+        cells.append("-" if folder == baseline_dir or not runs else gain_cell(
+            runs, finished(base_runs), lambda r: 100 * _test(r)["top1_from_fine/0"]))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> None:
+    from hierjax.cli import run_command
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("folders", nargs="+", type=pathlib.Path,
+                        help="result folders (seed*.json) to compare with the baseline")
+    parser.add_argument("--baseline", required=True, type=pathlib.Path,
+                        help="result folder of the baseline run")
+    parser.add_argument("--name", default="chosen", help="section name in BENCHMARKS.md")
+    parser.add_argument("--note", default="", help="a line saying what the rows are")
+    parser.add_argument("--write", action="store_true", help="put the table into BENCHMARKS.md")
+    args = parser.parse_args(argv)
+
+    def compare():
+        body = "\n".join([
+            f"### each at its own settings: {args.name}", "", args.note, "",
+            f"    python -m hierjax.benchmarks.compare {shlex.join(sys.argv[1:])}", "",
+            compare_table(args.baseline, args.folders)])
+        print(body)
+        if args.write:
+            common.write_section(f"compare-{args.name}", body)
+
+    run_command(compare)
+
+
+if __name__ == "__main__":
+    main()
