@@ -27,7 +27,7 @@ dataset), or pass `check_labels=True` and run the function under
 from __future__ import annotations
 
 import functools
-from typing import NamedTuple, Sequence
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp

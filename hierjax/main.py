@@ -9,7 +9,6 @@ exit with status 2; a training that diverges prints its message and exits 1.
 """
 
 import logging as py_logging
-import sys
 import traceback
 
 from absl import app, flags, logging
@@ -26,7 +25,7 @@ _ALLOW_CONFIG_CHANGE = flags.DEFINE_bool(
 flags.mark_flags_as_required(["config", "workdir"])
 
 # Shared with the other commands (evaluate, export, predict).
-from hierjax.cli import USAGE_ERROR, QuietOrbax as _QuietOrbax, fail as _fail  # noqa: E402,F401
+from hierjax.cli import QuietOrbax as _QuietOrbax, fail as _fail  # noqa: E402,F401
 
 
 def _check_override_keys(argv) -> None:

@@ -7,7 +7,6 @@ marginal decode in its evaluations, and every command works on it.
 import csv
 import json
 
-import jax
 import numpy as np
 import pytest
 from PIL import Image

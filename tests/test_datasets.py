@@ -224,7 +224,7 @@ def test_archive_lacking_an_image(name, tmp_path, capsys):
     err = failed_prepare(name, manual, tmp_path / "data", capsys)
     assert "test images but the archive holds" in err and "incomplete" in err
     # The missing file is named, with its class.
-    assert f"missing: " in err and first in err and "(class " in err, err
+    assert "missing: " in err and first in err and "(class " in err, err
 
 
 @pytest.mark.parametrize("name, rename", [

@@ -17,7 +17,7 @@ from jax.experimental import checkify
 from PIL import Image
 
 import hierjax.train
-from hierjax import prepare, recipes, settings, train
+from hierjax import prepare, settings, train
 from hierjax import workdir as workdir_lib
 from hierjax.checkpointing import Checkpointer, CheckpointMismatch
 from hierjax.data.folder_source import ImageFolderSource

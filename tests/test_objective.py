@@ -3,7 +3,6 @@
 import dataclasses
 
 import numpy as np
-import pytest
 
 from hierjax.losses import glm_loss
 from hierjax.train_step import StepContext, compute_loss

@@ -18,7 +18,6 @@ from __future__ import annotations
 from typing import ClassVar
 
 import jax
-import jax.numpy as jnp
 from flax import linen as nn
 
 from hierjax.models.layers import Backbone, Dtype, ModuleDef, conv2d, global_avg_pool
