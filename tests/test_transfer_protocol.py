@@ -107,16 +107,16 @@ def test_pretrain_then_finetune_and_two_steps(cifar_all_classes, tmp_path):
     assert (tmp_path / "plot.png").exists()
 
 
-def _fake(top1):
-    return {"test": {"top1_from_fine/0": top1}, "val": {"top1_from_fine/0": top1 - 0.01},
+def _fake(top1, seed=0):
+    return {"seed": seed, "test": {"top1_from_fine/0": top1}, "val": {"top1_from_fine/0": top1 - 0.01},
             "curve": [(1.0, top1 - 0.1, 0.5), (2.0, top1, 0.6)], "seconds": 60.0}
 
 
 def test_transfer_plots_are_written(tmp_path):
     from PIL import Image
 
-    variants.transfer_plot({"SM": [_fake(0.40), _fake(0.42)],
-                            "OURS": [_fake(0.43), _fake(0.44)]}, "variants", "SM",
+    variants.transfer_plot({"SM": [_fake(0.40, 0), _fake(0.42, 1)],
+                            "OURS": [_fake(0.43, 0), _fake(0.44, 1)]}, "variants", "SM",
                            tmp_path / "v.png")
     variants.transfer_plot({"b=0.5": [_fake(0.40)], "b=1": [_fake(0.45)]}, "b", None,
                            tmp_path / "b.png")

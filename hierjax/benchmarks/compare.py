@@ -21,7 +21,7 @@ import sys
 
 from hierjax.benchmarks import common, stats
 from hierjax.benchmarks.results import (LOCATION_KEYS, diverged_label, finished, gain_cell,
-                                        load_runs)
+                                        load_runs, markdown_table)
 
 # Keys that make a row the variant it is, or a different draw of it, not other settings.
 _OWN_KEYS = ("variant", "seed", "loss.")
@@ -51,7 +51,7 @@ def compare_table(baseline_dir: pathlib.Path, folders: list[pathlib.Path]) -> st
     header = ["results", "variant", "settings apart from the baseline's", "seeds",
               "test fine top-1 %", "val fine top-1 %",
               "gain over the baseline (test fine top-1, paired)"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    rows = []
     for folder in [baseline_dir, *folders]:
         all_runs = load_runs(folder)
         runs = finished(all_runs)
@@ -64,8 +64,8 @@ def compare_table(baseline_dir: pathlib.Path, folders: list[pathlib.Path]) -> st
             cells.append(stats.format_ci(*stats.mean_ci(values)) if values else "-")
         cells.append("-" if folder == baseline_dir or not runs else gain_cell(
             runs, finished(base_runs), lambda r: 100 * _test(r)["top1_from_fine/0"]))
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+        rows.append(cells)
+    return markdown_table(header, rows)
 
 
 def main(argv=None) -> None:

@@ -28,6 +28,12 @@ def finished(runs: list[dict]) -> list[dict]:
     return [r for r in runs if "diverged" not in r]
 
 
+def finished_results(results: dict[str, list[dict]]) -> dict[str, list[dict]]:
+    """Each run's finished seeds, leaving out the runs none of whose seeds finished."""
+    return {name: runs for name, runs in
+            ((name, finished(runs)) for name, runs in results.items()) if runs}
+
+
 def diverged_label(name: str, runs: list[dict]) -> str:
     """A table row's name, with the seeds that diverged and at which step."""
     bad = [f"seed {r['seed']} at step {r['diverged']['step']}" for r in runs
@@ -35,11 +41,34 @@ def diverged_label(name: str, runs: list[dict]) -> str:
     return f"{name} (diverged: {', '.join(bad)})" if bad else name
 
 
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    """A markdown table of `rows` under `header`."""
+    lines = ["| " + " | ".join(cells) + " |" for cells in [header, *rows]]
+    return "\n".join([lines[0], "|" + "---|" * len(header), *lines[1:]])
+
+
+def run_rows(results: dict[str, list[dict]], width: int, cells) -> list[list[str]]:
+    """One table row of `width` cells per run: its name (with the seeds that diverged),
+    the number of seeds that finished, then cells(name, finished seeds), or dashes if
+    none finished."""
+    rows = []
+    for name, all_runs in results.items():
+        runs = finished(all_runs)
+        head = [diverged_label(name, all_runs), str(len(runs))]
+        rows.append(head + (cells(name, runs) if runs else ["-"] * (width - len(head))))
+    return rows
+
+
+def paired_by_seed(runs: list[dict], base_runs: list[dict], key) -> list[tuple[float, float]]:
+    """(key(run), key(baseline run)) for every seed both have."""
+    base_by_seed = {b["seed"]: b for b in base_runs}
+    return [(key(r), key(base_by_seed[r["seed"]])) for r in runs if r["seed"] in base_by_seed]
+
+
 def gain_cell(runs: list[dict], base_runs: list[dict], key) -> str:
     """The paired gain of `runs` over `base_runs` on the seeds both have: mean ± 95% CI of
     the per-seed differences of key(run) (one seed: the difference alone)."""
-    base_by_seed = {b["seed"]: b for b in base_runs}
-    pairs = [(key(r), key(base_by_seed[r["seed"]])) for r in runs if r["seed"] in base_by_seed]
+    pairs = paired_by_seed(runs, base_runs, key)
     if not pairs:
         return "-"
     gain, half = stats.paired_gain(*zip(*pairs))

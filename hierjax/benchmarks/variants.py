@@ -53,7 +53,8 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from hierjax.benchmarks import common, stats, transfer
-from hierjax.benchmarks.results import LOCATION_KEYS, diverged_label, finished, gain_cell
+from hierjax.benchmarks.results import (LOCATION_KEYS, finished, finished_results, gain_cell,
+                                        markdown_table, paired_by_seed, run_rows)
 from hierjax.errors import ConfigError, Diverged
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Base config of every run.")
@@ -217,23 +218,17 @@ def table(results: dict[str, list[dict]], siblings: dict[str, float]) -> str:
     per-seed paired differences."""
     header = ["run", "seeds", *(c for c, _, _ in COLUMNS), "gain over SM (fine top-1, paired)",
               "classes with a sibling in the batch"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     baseline = finished(results.get("SM", []))
-    for name, all_seeds in results.items():
-        seeds = finished(all_seeds)
-        cells = [diverged_label(name, all_seeds), str(len(seeds))]
-        if not seeds:
-            lines.append("| " + " | ".join(cells + ["-"] * (len(header) - 2)) + " |")
-            continue
-        for _, key, scale in COLUMNS:
-            cells.append(stats.format_ci(*stats.mean_ci(
-                [scale * (r["seconds"] if key == "seconds" else r["metrics"][key])
-                 for r in seeds])))
-        cells.append(gain_cell(seeds, baseline, lambda r: 100 * r["metrics"]["top1_from_fine/0"])
-                     if baseline and name != "SM" else "-")
-        cells.append(f"{100 * siblings[name]:.0f}%")
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+
+    def cells(name, seeds):
+        means = [stats.format_ci(*stats.mean_ci(
+            [scale * (r["seconds"] if key == "seconds" else r["metrics"][key]) for r in seeds]))
+            for _, key, scale in COLUMNS]
+        gain = (gain_cell(seeds, baseline, lambda r: 100 * r["metrics"]["top1_from_fine/0"])
+                if baseline and name != "SM" else "-")
+        return means + [gain, f"{100 * siblings[name]:.0f}%"]
+
+    return markdown_table(header, run_rows(results, len(header), cells))
 
 
 def _against_value(axis, results: dict[str, list[dict]], study: str, metrics, split: str):
@@ -256,8 +251,7 @@ def plot(results: dict[str, list[dict]], study: str, path: pathlib.Path) -> None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    results = {name: runs for name, runs in
-               ((name, finished(runs)) for name, runs in results.items()) if runs}
+    results = finished_results(results)
     path.parent.mkdir(parents=True, exist_ok=True)
     single = study in ("variants", "scale")  # runs that are not values of one knob
     figure, axes = plt.subplots(1, 1 if single else 2, figsize=(7 if single else 12, 4.5),
@@ -383,24 +377,21 @@ def transfer_table(results: dict[str, list[dict]], baseline: str | None) -> str:
                ("mistake severity", "mistake_severity", 1))
     header = ["run", "seeds", *(c for c, _, _ in columns), "val fine top-1 %", "train min",
               f"gain over {baseline} (fine top-1, paired)" if baseline else "gain"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     base_runs = finished(results.get(baseline, [])) if baseline else None
-    for name, all_runs in results.items():
-        runs = finished(all_runs)
-        cells = [diverged_label(name, all_runs), str(len(runs))]
-        if not runs:
-            lines.append("| " + " | ".join(cells + ["-"] * (len(header) - 2)) + " |")
-            continue
+
+    def cells(name, runs):
+        out = []
         for _, key, scale in columns:
             values = [scale * r["test"][key] for r in runs if key in r["test"]]
-            cells.append(stats.format_ci(*stats.mean_ci(values)) if values else "-")
-        cells.append(stats.format_ci(*stats.mean_ci(
+            out.append(stats.format_ci(*stats.mean_ci(values)) if values else "-")
+        out.append(stats.format_ci(*stats.mean_ci(
             [100 * r["val"].get("top1_from_fine/0", float("nan")) for r in runs])))
-        cells.append(stats.format_ci(*stats.mean_ci([r["seconds"] / 60 for r in runs]), 1))
-        cells.append(gain_cell(runs, base_runs, lambda r: 100 * r["test"]["top1_from_fine/0"])
-                     if base_runs and name != baseline else "-")
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+        out.append(stats.format_ci(*stats.mean_ci([r["seconds"] / 60 for r in runs]), 1))
+        out.append(gain_cell(runs, base_runs, lambda r: 100 * r["test"]["top1_from_fine/0"])
+                   if base_runs and name != baseline else "-")
+        return out
+
+    return markdown_table(header, run_rows(results, len(header), cells))
 
 
 def transfer_plot(results: dict[str, list[dict]], study: str, baseline: str | None,
@@ -414,8 +405,7 @@ def transfer_plot(results: dict[str, list[dict]], study: str, baseline: str | No
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    results = {name: runs for name, runs in
-               ((name, finished(runs)) for name, runs in results.items()) if runs}
+    results = finished_results(results)
     path.parent.mkdir(parents=True, exist_ok=True)
     figure, (curves, right) = plt.subplots(1, 2, figsize=(12, 4.5))
     for name, seeds in results.items():
@@ -430,11 +420,11 @@ def transfer_plot(results: dict[str, list[dict]], study: str, baseline: str | No
     curves.grid(alpha=0.3)
     curves.legend(fontsize=7, ncol=2)
     if study == "variants" and baseline in results:
-        base = [100 * r["test"]["top1_from_fine/0"] for r in results[baseline]]
-        rows = [(name, *stats.paired_gain([100 * r["test"]["top1_from_fine/0"] for r in runs],
-                                          base))
-                for name, runs in results.items()
-                if name != baseline and len(runs) == len(base) > 1]
+        base = results[baseline]
+        pairs = {name: paired_by_seed(runs, base, lambda r: 100 * r["test"]["top1_from_fine/0"])
+                 for name, runs in results.items() if name != baseline}
+        rows = [(name, *stats.paired_gain(*zip(*p))) for name, p in pairs.items()
+                if len(p) == len(base) > 1]
         for y, (name, gain, half) in enumerate(rows):
             right.errorbar([gain], [y], xerr=[[half], [half]], fmt="o", capsize=4)
         right.axvline(0, color="grey", lw=1)
