@@ -52,3 +52,22 @@ def test_a_folder_without_results_is_an_error_naming_it(tmp_path, capsys):
         compare.main([str(tmp_path / "typo"), f"--baseline={sm}"])
     assert exit_.value.code == 2
     assert f"{tmp_path / 'typo'}: no seed*.json result files" in capsys.readouterr().err
+
+
+def test_forest_rows_are_the_folders_with_two_paired_seeds(tmp_path):
+    from PIL import Image
+
+    sm = write(tmp_path / "SM", {"variant": "SM", "optimizer.lr": 0.1}, [0.40, 0.50, 0.45])
+    ours = write(tmp_path / "OURS", {"variant": "OURS", "optimizer.lr": 0.03},
+                 [0.42, 0.53, 0.46])
+    one_seed = write(tmp_path / "CC", {"variant": "CC", "optimizer.lr": 0.1}, [0.47])
+    half_diverged = write(tmp_path / "SC", {"variant": "SC-CSM", "optimizer.lr": 0.1},
+                          [0.0, 0.51, 0.0], diverged={0, 2})
+    rows = compare.forest_rows(sm, [ours, one_seed, half_diverged])
+    # OURS: gains 2, 3, 1 -> 2.00 ± 2.48 (as in the table); the others pair one seed or none.
+    assert [(label, n) for label, _, _, n in rows] == [("OURS: optimizer.lr 0.03", 3)]
+    assert rows[0][1:3] == pytest.approx((2.0, 2.484), abs=1e-3)
+
+    compare.forest_plot(sm, [ours, one_seed, half_diverged], tmp_path / "forest.png")
+    with Image.open(tmp_path / "forest.png") as image:
+        assert image.size[0] > 600

@@ -9,7 +9,8 @@ A row per folder of seed*.json result files (either protocol): its variant, the 
 in which it differs from the baseline (beyond the variant, the loss and the seed), the
 test and validation fine top-1 (mean ± 95% CI over the seeds that finished) and the test
 gain over the baseline as the mean ± 95% CI of the per-seed differences
-(`stats.paired_gain`). `--write` puts the table into BENCHMARKS.md.
+(`stats.paired_gain`). `--write` puts the table into BENCHMARKS.md with a forest plot of
+the gains (docs/figures/compare_<name>.png; rows with at least 2 paired seeds).
 """
 
 from __future__ import annotations
@@ -18,10 +19,11 @@ import argparse
 import pathlib
 import shlex
 import sys
+import textwrap
 
 from hierjax.benchmarks import common, stats
 from hierjax.benchmarks.results import (LOCATION_KEYS, diverged_label, finished, gain_cell,
-                                        load_runs, markdown_table)
+                                        load_runs, markdown_table, paired_by_seed)
 
 # Keys that make a row the variant it is, or a different draw of it, not other settings.
 _OWN_KEYS = ("variant", "seed", "loss.")
@@ -68,6 +70,48 @@ def compare_table(baseline_dir: pathlib.Path, folders: list[pathlib.Path]) -> st
     return markdown_table(header, rows)
 
 
+def forest_rows(baseline_dir: pathlib.Path,
+                folders: list[pathlib.Path]) -> list[tuple[str, float, float, int]]:
+    """(label, gain, 95% half-width, pairs) of each folder with at least 2 seeds paired with
+    the baseline's finished seeds; the label is the variant and its settings apart."""
+    base_runs = finished(load_runs(baseline_dir))
+    base_config = base_runs[0].get("config", {}) if base_runs else {}
+    rows = []
+    for folder in folders:
+        runs = finished(load_runs(folder))
+        pairs = paired_by_seed(runs, base_runs, lambda r: 100 * _test(r)["top1_from_fine/0"])
+        if len(pairs) >= 2:
+            config = runs[0].get("config", {})
+            label = f"{config.get('variant', '?')}: {settings_apart(config, base_config)}"
+            rows.append((label, *stats.paired_gain(*zip(*pairs)), len(pairs)))
+    return rows
+
+
+def forest_plot(baseline_dir: pathlib.Path, folders: list[pathlib.Path],
+                path: pathlib.Path) -> None:
+    """Each folder's test fine top-1 gain over the baseline with its 95% CI (paired seeds)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = forest_rows(baseline_dir, folders)
+    figure, axis = plt.subplots(figsize=(8, 1.2 + 0.6 * max(len(rows), 1)))
+    for y, (_, gain, half, _) in enumerate(rows):
+        axis.errorbar([gain], [y], xerr=[[half], [half]], fmt="o", capsize=4)
+    axis.axvline(0, color="grey", lw=1)
+    axis.set_yticks(range(len(rows)), [textwrap.fill(f"{label} ({n} seeds)", 45)
+                                       for label, _, _, n in rows], fontsize=7)
+    axis.invert_yaxis()
+    axis.set(xlabel="test fine top-1 gain over the baseline (points, 95% CI)",
+             title=f"gain over {baseline_dir}")
+    axis.grid(alpha=0.3)
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
 def main(argv=None) -> None:
     from hierjax.cli import run_command
 
@@ -88,7 +132,10 @@ def main(argv=None) -> None:
             compare_table(args.baseline, args.folders)])
         print(body)
         if args.write:
-            common.write_section(f"compare-{args.name}", body)
+            figure = pathlib.Path("docs") / "figures" / f"compare_{args.name}.png"
+            forest_plot(args.baseline, args.folders, common.REPO_ROOT / figure)
+            common.write_section(f"compare-{args.name}",
+                                 f"{body}\n\n![gain over the baseline]({figure})")
 
     run_command(compare)
 
