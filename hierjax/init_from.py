@@ -93,7 +93,8 @@ def load_variables(variables: Mapping[str, Any], model_config, classes_per_level
     checkpoints, config_path = locate(model_config.init_from)
     other = settings_lib.read_json(config_path)
     _check_input_transform(other.model, model_config)
-    state = _restore(checkpoints, other, classes_per_level, channels)
+    state, step = _restore(checkpoints, other, classes_per_level, channels)
+    logging.info("%s: starting from %s, step %d.", KEY, checkpoints, step)
     return _merge(variables, {"params": state.params, "batch_stats": state.batch_stats},
                   other.model, model_config)
 
@@ -122,8 +123,16 @@ def recorded_classes(record: Mapping[str, dict] | None) -> tuple[int, ...]:
     return tuple(classes)
 
 
-def _restore(checkpoints: pathlib.Path, other, classes_per_level, channels) -> TrainState:
-    """The newest good checkpoint's state, read-only."""
+def newest_state(workdir: str | pathlib.Path, channels: int = 3) -> tuple[TrainState, int]:
+    """(state, step) of the newest good checkpoint of the hierjax run in `workdir` (or its
+    checkpoints/ folder), read-only; its config.json rebuilds the state's shapes."""
+    checkpoints, config_path = locate(str(workdir))
+    return _restore(checkpoints, settings_lib.read_json(config_path), (), channels)
+
+
+def _restore(checkpoints: pathlib.Path, other, classes_per_level,
+             channels) -> tuple[TrainState, int]:
+    """(state, step) of the newest good checkpoint, read-only."""
     with Checkpointer(checkpoints, save_interval_steps=1, max_to_keep=1, read_only=True,
                       async_save=False) as checkpointer:
         # A checkpoint without a record (an older hierjax) is taken to share our classes.
@@ -139,8 +148,7 @@ def _restore(checkpoints: pathlib.Path, other, classes_per_level, channels) -> T
         raise InitFromError(f"{KEY} = {str(checkpoints)!r} holds no checkpoint yet; train that "
                             "run first (or point at another)")
     state, _, step = restored
-    logging.info("%s: starting from %s, step %d.", KEY, checkpoints, step)
-    return state
+    return state, step
 
 
 def _listing(what: str, items: list[str]) -> str:
