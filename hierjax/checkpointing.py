@@ -101,7 +101,9 @@ class Checkpointer:
                 "Checkpointer needs save_interval_steps >= 1, max_to_keep >= 1 and "
                 f"keep_best >= 0; got {save_interval_steps}, {max_to_keep}, {keep_best}."
             )
-        self.directory = epath.Path(directory)
+        # orbax reads and writes absolute paths only (a cloud URL already is one).
+        self.directory = epath.Path(directory if "://" in str(directory)
+                                    else os.path.abspath(directory))
         self.read_only = read_only
         self._best_metric = best_metric
         keep = [policies.LatestN(n=max_to_keep)]

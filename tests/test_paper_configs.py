@@ -327,6 +327,14 @@ def test_stage2_trains_from_a_stage1_workdir(stage1, tmp_path):
     assert _files(stage1) == before
 
 
+def test_init_from_a_relative_path(stage1, tmp_path, monkeypatch):
+    # orbax reads absolute paths only; a path relative to the working directory is a
+    # normal thing to type.
+    monkeypatch.chdir(stage1.parent)
+    config = tiny_config(variant="SM", num_steps=1, **{"model.init_from": stage1.name})
+    assert train.train_and_evaluate(config, tmp_path / "stage2")["step"] == 1
+
+
 def test_init_from_lists_the_parameters_that_do_not_fit(stage1):
     with pytest.raises(InitFromError) as info:
         _stage2_state(stage1, variant="CC", **{"model.wrn_width": 2})
