@@ -69,6 +69,28 @@ def test_a_preempted_run_is_never_cached_as_a_result(tmp_path, monkeypatch):
     assert not (tmp_path / "t" / "seed0.json").exists()
 
 
+def test_a_run_stopped_and_resumed_counts_the_time_of_both_segments(tmp_path, monkeypatch):
+    import time
+
+    from hierjax.errors import Preempted
+
+    real = train.train_and_evaluate
+
+    def stopped(*args, **kwargs):
+        raise Preempted(7)
+
+    monkeypatch.setattr(train, "train_and_evaluate", stopped)
+    with pytest.raises(Preempted):
+        variants.train_run(tiny_settings(num_steps=2), tmp_path)
+    kept = tmp_path / variants.STOPPED_SECONDS_FILE
+    assert json.loads(kept.read_text())["seconds"] >= 0
+    kept.write_text(json.dumps({"seconds": 1000.0}))  # as if the first segment ran 1000 s
+    monkeypatch.setattr(train, "train_and_evaluate", real)
+    start = time.perf_counter()
+    seconds = variants.train_run(tiny_settings(num_steps=2), tmp_path)["seconds"]
+    assert 1000.0 < seconds <= 1000.0 + time.perf_counter() - start
+
+
 def test_a_diverged_run_is_recorded_and_tabled_not_raised(tmp_path, monkeypatch):
     config = tiny_settings(num_steps=3, **{"optimizer.lr": 1e30})
     bad = variants.train_run(config, tmp_path)

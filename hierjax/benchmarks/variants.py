@@ -55,7 +55,7 @@ from ml_collections import config_flags
 from hierjax.benchmarks import common, stats, transfer
 from hierjax.benchmarks.results import (LOCATION_KEYS, finished, finished_results, gain_cell,
                                         markdown_table, paired_by_seed, run_rows)
-from hierjax.errors import ConfigError, Diverged
+from hierjax.errors import ConfigError, Diverged, Preempted
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Base config of every run.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where the runs and results go.")
@@ -174,6 +174,30 @@ def cached_result(result_path: pathlib.Path, config) -> dict | None:
     return result
 
 
+# A run's wall seconds before it was stopped by SIGTERM, added when it resumes.
+STOPPED_SECONDS_FILE = "stopped_seconds.json"
+
+
+def _timed_train(config, workdir: pathlib.Path) -> tuple[dict | None, dict, float]:
+    """_train_or_diverge's result and the run's wall seconds over all its segments: a run
+    stopped by SIGTERM (`Preempted`) keeps the seconds it ran in WORKDIR/
+    stopped_seconds.json and its resumption adds them (a segment killed outright cannot
+    be counted: a warning says so)."""
+    path = workdir / STOPPED_SECONDS_FILE
+    before = json.loads(path.read_text())["seconds"] if path.exists() else 0.0
+    if (workdir / "checkpoints").exists() and not path.exists():
+        logging.warning("%s holds a partial run whose time was not recorded (it was killed, "
+                        "not stopped by SIGTERM); its time will only count the rest.", workdir)
+    start = time.perf_counter()
+    try:
+        metrics, diverged = _train_or_diverge(config, workdir)
+    except Preempted:
+        workdir.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"seconds": before + time.perf_counter() - start}))
+        raise
+    return metrics, diverged, before + time.perf_counter() - start
+
+
 def train_run(config, workdir: pathlib.Path, result_path: pathlib.Path | None = None) -> dict:
     """The run's result: final metrics (None if it diverged, with "diverged" set), wall
     seconds, eval curve, resolved config, cached in `result_path` (default
@@ -183,11 +207,7 @@ def train_run(config, workdir: pathlib.Path, result_path: pathlib.Path | None = 
     result_path = result_path or workdir / "result.json"
     if (cached := cached_result(result_path, config)) is not None:
         return cached
-    if (workdir / "checkpoints").exists():
-        logging.warning("%s holds a partial run; its time will only count the rest.", workdir)
-    start = time.perf_counter()
-    metrics, diverged = _train_or_diverge(config, workdir)
-    seconds = time.perf_counter() - start
+    metrics, diverged, seconds = _timed_train(config, workdir)
     train_set, _ = data.build_sources(config.data)
     result = {"metrics": metrics, "seconds": seconds,
               "curve": eval_curve(workdir, len(train_set) // config.batch_size),
@@ -306,9 +326,7 @@ def _fit(config, workdir: pathlib.Path) -> dict:
     [(epoch, fine top-1, coarse top-1)]."""
     from hierjax import data
 
-    start = time.perf_counter()
-    test, diverged = _train_or_diverge(config, workdir)
-    seconds = time.perf_counter() - start
+    test, diverged, seconds = _timed_train(config, workdir)
     steps_per_epoch = len(data.build_splits(config.data).train) // config.batch_size
     val = [r for r in metric_rows(workdir) if r["split"] == "val"]
     return {"test": test, "val": val[-1] if val else {}, "seconds": seconds,
@@ -485,7 +503,6 @@ def main_transfer(base, study: str, workdir: pathlib.Path) -> None:
 
 def main(argv):
     from hierjax.cli import run_command
-    from hierjax.errors import Preempted
 
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
