@@ -73,7 +73,8 @@ def compare_table(baseline_dir: pathlib.Path, folders: list[pathlib.Path]) -> st
 def forest_rows(baseline_dir: pathlib.Path,
                 folders: list[pathlib.Path]) -> list[tuple[str, float, float, int]]:
     """(label, gain, 95% half-width, pairs) of each folder with at least 2 seeds paired with
-    the baseline's finished seeds; the label is the variant and its settings apart."""
+    the baseline's finished seeds; the label is the folder's name (the run's, e.g. CCb4)
+    and its settings apart."""
     base_runs = finished(load_runs(baseline_dir))
     base_config = base_runs[0].get("config", {}) if base_runs else {}
     rows = []
@@ -82,7 +83,7 @@ def forest_rows(baseline_dir: pathlib.Path,
         pairs = paired_by_seed(runs, base_runs, lambda r: 100 * _test(r)["top1_from_fine/0"])
         if len(pairs) >= 2:
             config = runs[0].get("config", {})
-            label = f"{config.get('variant', '?')}: {settings_apart(config, base_config)}"
+            label = f"{folder.name}: {settings_apart(config, base_config)}"
             rows.append((label, *stats.paired_gain(*zip(*pairs)), len(pairs)))
     return rows
 
