@@ -51,16 +51,17 @@ ARCHITECTURE_KEYS = ("name", "small_input", "wrn_depth", "wrn_width", "vgg_batch
 _LISTED = 12  # parameters quoted per kind of problem in an error
 
 
-def locate(init_from: str) -> tuple[pathlib.Path, pathlib.Path]:
-    """(checkpoint folder, config.json) of a workdir or of its checkpoints/ folder."""
+def locate(init_from: str, key: str = KEY) -> tuple[pathlib.Path, pathlib.Path]:
+    """(checkpoint folder, config.json) of a workdir or of its checkpoints/ folder; errors
+    name `key`, the setting that gave the path."""
     path = pathlib.Path(init_from).expanduser()
     if not path.is_dir():
-        raise InitFromError(f"{KEY} = {init_from!r} is not a directory; give the workdir of a "
+        raise InitFromError(f"{key} = {init_from!r} is not a directory; give the workdir of a "
                             f"hierjax run (holding {CHECKPOINTS}/ and {CONFIG_FILE})")
     checkpoints = path / CHECKPOINTS if (path / CHECKPOINTS).is_dir() else path
     config = checkpoints.parent / CONFIG_FILE
     if not config.is_file():
-        raise InitFromError(f"{KEY} = {init_from!r}: there is no {config}, so this is no "
+        raise InitFromError(f"{key} = {init_from!r}: there is no {config}, so this is no "
                             f"hierjax workdir; give the --workdir of the run to start from")
     return checkpoints, config
 
@@ -123,15 +124,17 @@ def recorded_classes(record: Mapping[str, dict] | None) -> tuple[int, ...]:
     return tuple(classes)
 
 
-def newest_state(workdir: str | pathlib.Path, channels: int = 3) -> tuple[TrainState, int]:
+def newest_state(workdir: str | pathlib.Path, channels: int = 3,
+                 key: str = "workdir") -> tuple[TrainState, int]:
     """(state, step) of the newest good checkpoint of the hierjax run in `workdir` (or its
-    checkpoints/ folder), read-only; its config.json rebuilds the state's shapes."""
-    checkpoints, config_path = locate(str(workdir))
-    return _restore(checkpoints, settings_lib.read_json(config_path), (), channels)
+    checkpoints/ folder), read-only; its config.json rebuilds the state's shapes. Errors
+    name `key`, the argument that gave the path."""
+    checkpoints, config_path = locate(str(workdir), key)
+    return _restore(checkpoints, settings_lib.read_json(config_path), (), channels, key)
 
 
-def _restore(checkpoints: pathlib.Path, other, classes_per_level,
-             channels) -> tuple[TrainState, int]:
+def _restore(checkpoints: pathlib.Path, other, classes_per_level, channels,
+             key: str = KEY) -> tuple[TrainState, int]:
     """(state, step) of the newest good checkpoint, read-only."""
     with Checkpointer(checkpoints, save_interval_steps=1, max_to_keep=1, read_only=True,
                       async_save=False) as checkpointer:
@@ -141,11 +144,11 @@ def _restore(checkpoints: pathlib.Path, other, classes_per_level,
             restored = checkpointer.restore_newest_good(template(other, classes, channels))
         except CheckpointError as e:
             raise InitFromError(
-                f"{KEY} = {str(checkpoints)!r}: {e}. The state is rebuilt from that run's "
+                f"{key} = {str(checkpoints)!r}: {e}. The state is rebuilt from that run's "
                 f"{CONFIG_FILE} over the classes per level {classes}; is {CONFIG_FILE} that "
                 "of the run that wrote these checkpoints?") from e
     if restored is None:
-        raise InitFromError(f"{KEY} = {str(checkpoints)!r} holds no checkpoint yet; train that "
+        raise InitFromError(f"{key} = {str(checkpoints)!r} holds no checkpoint yet; train that "
                             "run first (or point at another)")
     state, _, step = restored
     return state, step

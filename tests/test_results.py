@@ -37,6 +37,3 @@ def test_gain_cell_on_shared_seeds_only():
     base = [_run(0, 1.0), _run(1, 2.0), _run(2, 3.0)]
     assert results.gain_cell(runs, base, lambda r: r["top1"]) == "18.00 ± 114.36 (2 pairs)"
 
-
-def test_markdown_table():
-    assert results.markdown_table(["a", "b"], [["1", "2"]]) == "| a | b |\n|---|---|\n| 1 | 2 |"

@@ -21,9 +21,9 @@ import shlex
 import sys
 import textwrap
 
-from hierjax.benchmarks import common, stats
+from hierjax.benchmarks import common, markdown, stats
 from hierjax.benchmarks.results import (LOCATION_KEYS, diverged_label, finished, gain_cell,
-                                        load_runs, markdown_table, paired_by_seed)
+                                        load_runs, paired_by_seed)
 
 # Keys that make a row the variant it is, or a different draw of it, not other settings.
 _OWN_KEYS = ("variant", "seed", "loss.")
@@ -67,7 +67,7 @@ def compare_table(baseline_dir: pathlib.Path, folders: list[pathlib.Path]) -> st
         cells.append("-" if folder == baseline_dir or not runs else gain_cell(
             runs, finished(base_runs), lambda r: 100 * _test(r)["top1_from_fine/0"]))
         rows.append(cells)
-    return markdown_table(header, rows)
+    return markdown.table(header, rows)
 
 
 def forest_rows(baseline_dir: pathlib.Path,

@@ -47,6 +47,8 @@ import time
 
 import numpy as np
 
+from hierjax.benchmarks import markdown
+
 BATCH = 32
 PREFETCH = 2  # batches of read-ahead per worker, both sides (torch's default)
 
@@ -246,8 +248,8 @@ def _cell(values):
 
 
 def table(rows, geometries) -> str:
-    lines = ["| size (resize) | workers | side | img/s median (range) | img/s per worker "
-             "| hierjax / peer | batch geometry |", "|---|---|---|---|---|---|---|"]
+    lines = markdown.header(["size (resize)", "workers", "side", "img/s median (range)",
+                             "img/s per worker", "hierjax / peer", "batch geometry"])
     for row in rows:
         size, n, rates = row["size"], row["workers"], row["rates"]
         peer = statistics.median(rates["peer"])
@@ -259,9 +261,9 @@ def table(rows, geometries) -> str:
             name = {"hierjax": "hierjax (OpenCV path)",
                     "peer": "torch DataLoader + torchvision's Pillow ops",
                     "hierjax-pillow": "hierjax (Pillow path)"}[side]
-            lines.append(f"| {size} ({size * 8 // 7}) | {n} | {name} | {_cell(values)} | "
-                         f"{med / max(1, n):.0f} | {ratio} | "
-                         f"{' x '.join(map(str, shape))} {dtype} |")
+            lines.append(markdown.row([f"{size} ({size * 8 // 7})", str(n), name, _cell(values),
+                                       f"{med / max(1, n):.0f}", ratio,
+                                       f"{' x '.join(map(str, shape))} {dtype}"]))
     return "\n".join(lines)
 
 

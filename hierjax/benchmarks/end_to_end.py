@@ -28,7 +28,7 @@ from pathlib import Path
 from absl import app, flags
 from ml_collections import config_flags
 
-from hierjax.benchmarks import common
+from hierjax.benchmarks import common, markdown
 from hierjax.benchmarks.throughput import bare_step_images_per_second, main_images_per_second
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config of both measurements.")
@@ -85,12 +85,12 @@ def measure(data_keys: dict) -> None:
         f"{s.data.num_workers} workers; medians of "
         f"{_RUNS.value} alternating runs.",
         "",
-        "| measurement | img/s (median) | runs | ratio to the bare step |",
-        "|---|---:|---|---:|",
-        f"| `hierjax.main`, steady state | {_rate(m_e2e)} | {', '.join(map(_rate, e2e))} "
-        f"| {m_e2e / m_bare:.2f} |",
-        f"| bare pmapped train step, batch on the devices | {_rate(m_bare)} | "
-        f"{', '.join(map(_rate, bare))} | 1.00 |",
+        markdown.table(
+            ["measurement", "img/s (median)", "runs", "ratio to the bare step"],
+            [["`hierjax.main`, steady state", _rate(m_e2e), ", ".join(map(_rate, e2e)),
+              f"{m_e2e / m_bare:.2f}"],
+             ["bare pmapped train step, batch on the devices", _rate(m_bare),
+              ", ".join(map(_rate, bare)), "1.00"]], align="lrlr"),
     ])
     print(body)
     if _WRITE.value:

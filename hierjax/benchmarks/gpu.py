@@ -29,7 +29,7 @@ from pathlib import Path
 
 import jax
 
-from hierjax.benchmarks import common
+from hierjax.benchmarks import common, markdown
 
 # Peak dense bfloat16 FLOP/s per device, from the vendors' data sheets (without
 # sparsity), keyed by a substring of jax's device_kind; the first match wins.
@@ -74,9 +74,9 @@ def train_step_section(rows, dtype: str, steps: int, budget: Budget) -> list[str
     from hierjax.benchmarks import train_step as bench
 
     peak = peak_flops(jax.devices()[0])
-    lines = ["| model | image | batch / device | variant | img/s (all devices) | step (ms) "
-             "| GFLOP / device step | MFU | OURS overhead |",
-             "|---|---:|---:|---|---:|---:|---:|---:|---:|"]
+    lines = markdown.header(["model", "image", "batch / device", "variant",
+                             "img/s (all devices)", "step (ms)", "GFLOP / device step", "MFU",
+                             "OURS overhead"], align="lrrlrrrrr")
     for name, model, size, small, batches, compare, extra in rows:
         for per_device in batches:
             variants = ("SM", "OURS") if per_device == compare else ("SM",)
@@ -94,8 +94,9 @@ def train_step_section(rows, dtype: str, steps: int, budget: Budget) -> list[str
                     sm_ms = ms
                 elif sm_ms:
                     overhead = f"{100 * (ms - sm_ms) / sm_ms:+.2f}%"
-                lines.append(f"| {name} | {size} | {per_device} | {variant} | {ips:,.0f} | "
-                             f"{ms:.2f} | {flops / 1e9:,.4g} | {mfu} | {overhead} |")
+                lines.append(markdown.row([name, str(size), str(per_device), variant,
+                                           f"{ips:,.0f}", f"{ms:.2f}", f"{flops / 1e9:,.4g}",
+                                           mfu, overhead]))
                 print(lines[-1], flush=True)
     return lines
 
@@ -105,14 +106,14 @@ def glm_section(batches, budget: Budget) -> list[str]:
     from hierjax.losses import glm_loss
 
     grad = jax.jit(jax.value_and_grad(functools.partial(glm_loss, k=K, margins=MARGINS)))
-    lines = ["| B | D | classes | GLM fwd + bwd (ms) |", "|---:|---:|---:|---:|"]
+    lines = markdown.header(["B", "D", "classes", "GLM fwd + bwd (ms)"], align="rrrr")
     for b in batches:
         if not budget.allows(f"GLM B={b}"):
             continue
         features, labels = make_batch(b, 2048, 200)
         features, labels = jax.device_put(features), jax.device_put(labels)
         ms = common.time_ms(grad, features, labels, repeats=20, warmup=3)
-        lines.append(f"| {b} | 2048 | 200 | {ms:.3f} |")
+        lines.append(markdown.row([str(b), "2048", "200", f"{ms:.3f}"]))
         print(lines[-1], flush=True)
     return lines
 
@@ -121,7 +122,7 @@ def pipeline_section(num_images: int, budget: Budget) -> list[str]:
     from hierjax.benchmarks import pipeline
 
     workers = os.cpu_count() or 1
-    lines = ["| workers | train img/s | eval img/s |", "|---:|---:|---:|"]
+    lines = markdown.header(["workers", "train img/s", "eval img/s"], align="rrr")
     if not budget.allows(f"input pipeline, {workers} workers"):
         return lines
     with tempfile.TemporaryDirectory() as tmp:
@@ -129,7 +130,7 @@ def pipeline_section(num_images: int, budget: Budget) -> list[str]:
         csv = pipeline.write_image_folder(root, num_train=max(64, num_images // 2),
                                           num_eval=20)
         train_rate, eval_rate = pipeline.measure(root, csv, workers, num_images)
-    lines.append(f"| {workers} | {train_rate:,.0f} | {eval_rate:,.0f} |")
+    lines.append(markdown.row([str(workers), f"{train_rate:,.0f}", f"{eval_rate:,.0f}"]))
     print(lines[-1], flush=True)
     return lines
 
@@ -140,7 +141,7 @@ def end_to_end_section(overrides: dict, steps: int, budget: Budget) -> list[str]
     from hierjax import settings
     from hierjax.benchmarks import throughput
 
-    lines = ["| measurement | img/s |", "|---|---:|"]
+    lines = markdown.header(["measurement", "img/s"], align="lr")
     if not budget.allows("end to end"):
         return lines
     config = settings.base_config()
@@ -151,9 +152,9 @@ def end_to_end_section(overrides: dict, steps: int, budget: Budget) -> list[str]
                                             common.REPO_ROOT, steps=steps,
                                             log_every=max(steps // 8, 1))
     bare = throughput.bare_step_images_per_second(s, steps // 2, chunk=max(steps // 8, 1))
-    lines += [f"| `hierjax.main`, steady state | {e2e:,.0f} |",
-              f"| bare pmapped train step | {bare:,.0f} |",
-              f"| ratio | {e2e / bare:.2f} |"]
+    lines += map(markdown.row, [["`hierjax.main`, steady state", f"{e2e:,.0f}"],
+                                ["bare pmapped train step", f"{bare:,.0f}"],
+                                ["ratio", f"{e2e / bare:.2f}"]])
     print("\n".join(lines[2:]), flush=True)
     return lines
 

@@ -16,7 +16,7 @@ import functools
 import jax
 import numpy as np
 
-from hierjax.benchmarks import common
+from hierjax.benchmarks import common, markdown
 from hierjax.benchmarks.glm_loop import glm_loss_and_grad_loop
 from hierjax.losses import glm_loss
 
@@ -60,17 +60,15 @@ def run(rows, loop_repeats=3):
 
 
 def table(results):
-    lines = [
-        "| batch B | features D | classes C | present classes | glm_loss fwd+bwd (ms) "
-        "| per-pair loop (ms) | speed-up |",
-        "|---:|---:|---:|---:|---:|---:|---:|",
-    ]
+    rows = []
     for r in results:
         loop = f"{r['loop_ms']:.1f}" if r["loop_ms"] else "not run"
         speed = f"{r['loop_ms'] / r['ms']:.0f}x" if r["loop_ms"] else ""
-        lines.append(f"| {r['batch']} | {r['dim']} | {r['classes']:,} | {r['present']} "
-                     f"| {r['ms']:.2f} | {loop} | {speed} |")
-    return "\n".join(lines)
+        rows.append([str(r["batch"]), str(r["dim"]), f"{r['classes']:,}", str(r["present"]),
+                     f"{r['ms']:.2f}", loop, speed])
+    return markdown.table(["batch B", "features D", "classes C", "present classes",
+                           "glm_loss fwd+bwd (ms)", "per-pair loop (ms)", "speed-up"],
+                          rows, align="rrrrrrr")
 
 
 def main():

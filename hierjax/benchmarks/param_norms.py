@@ -16,7 +16,7 @@ import argparse
 import numpy as np
 from flax import traverse_util
 
-from hierjax.benchmarks.results import markdown_table
+from hierjax.benchmarks import markdown
 from hierjax.models import HEADS_PARAMS
 
 
@@ -39,7 +39,7 @@ def norms_table(workdirs: list[str]) -> str:
         state, step = init_from.newest_state(workdir)
         rows.append((workdir, step, group_norms(state.params)))
     groups = sorted({g for _, _, norms in rows for g in norms}, key=lambda g: (g != "backbone", g))
-    return markdown_table(["run", "step", *groups],
+    return markdown.table(["run", "step", *groups],
                           [[workdir, str(step), *(f"{norms[g]:.1f}" if g in norms else "-"
                                                   for g in groups)]
                            for workdir, step, norms in rows])

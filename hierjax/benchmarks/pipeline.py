@@ -22,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from hierjax.benchmarks import common
+from hierjax.benchmarks import common, markdown
 
 BATCH = 32
 CLASSES = 20
@@ -91,8 +91,8 @@ def main(argv=None) -> None:
                                  num_eval=20 if args.quick else 320)
         for w in workers:
             train_rate, eval_rate = measure(root, csv, w, num_images)
-            rows.append(f"| {w} | {train_rate:.0f} | {train_rate / max(1, w):.0f} | "
-                        f"{eval_rate:.0f} |")
+            rows.append(markdown.row([str(w), f"{train_rate:.0f}",
+                                      f"{train_rate / max(1, w):.0f}", f"{eval_rate:.0f}"]))
             print(rows[-1], flush=True)
     body = "\n".join([
         "### Input pipeline (448 px, photo-like JPEGs)",
@@ -103,8 +103,7 @@ def main(argv=None) -> None:
         f"flip, batches of {BATCH}; eval = resize 512 + centre crop 448; {num_images} "
         "timed training images per row; 0 workers = threads of the training process.",
         "",
-        "| workers | train img/s | train img/s per worker | eval img/s |",
-        "|---|---|---|---|",
+        *markdown.header(["workers", "train img/s", "train img/s per worker", "eval img/s"]),
         *rows,
     ])
     if not args.quick:

@@ -41,12 +41,6 @@ def diverged_label(name: str, runs: list[dict]) -> str:
     return f"{name} (diverged: {', '.join(bad)})" if bad else name
 
 
-def markdown_table(header: list[str], rows: list[list[str]]) -> str:
-    """A markdown table of `rows` under `header`."""
-    lines = ["| " + " | ".join(cells) + " |" for cells in [header, *rows]]
-    return "\n".join([lines[0], "|" + "---|" * len(header), *lines[1:]])
-
-
 def run_rows(results: dict[str, list[dict]], width: int, cells) -> list[list[str]]:
     """One table row of `width` cells per run: its name (with the seeds that diverged),
     the number of seeds that finished, then cells(name, finished seeds), or dashes if

@@ -18,7 +18,7 @@ import jax
 import numpy as np
 
 from hierjax import settings, train
-from hierjax.benchmarks import common
+from hierjax.benchmarks import common, markdown
 from hierjax.hierarchy import Hierarchy
 from hierjax.prefetch import replicate
 from hierjax.train_step import AXIS, init_state, train_step
@@ -95,9 +95,9 @@ def main():
     steps = args.steps or (20 if on_gpu else 8)
     hardware = common.hardware_line()
     print(hardware, flush=True)
-    lines = ["| model | image | batch (global) | dtype | SM img/s | OURS img/s "
-             "| SM step (ms) | OURS step (ms) | GLM + cascade overhead |",
-             "|---|---:|---:|---|---:|---:|---:|---:|---:|"]
+    lines = markdown.header(["model", "image", "batch (global)", "dtype", "SM img/s",
+                             "OURS img/s", "SM step (ms)", "OURS step (ms)",
+                             "GLM + cascade overhead"], align="lrrlrrrrr")
     for model, size, small, gpu_batch, cpu_batch in (QUICK_ROWS if args.quick else ROWS):
         per_device = gpu_batch if on_gpu else cpu_batch
         name = "WRN-28-10" if model == "wrn" else model.replace("resnet", "ResNet-")
@@ -106,8 +106,9 @@ def main():
         (sm_ips, sm_ms, _), (ours_ips, ours_ms, _) = results["SM"], results["OURS"]
         overhead = 100.0 * (ours_ms - sm_ms) / sm_ms
         global_batch = per_device * jax.local_device_count()
-        lines.append(f"| {name} | {size} | {global_batch} | {dtype} | {_rate(sm_ips)} "
-                     f"| {_rate(ours_ips)} | {sm_ms:.1f} | {ours_ms:.1f} | {overhead:+.1f}% |")
+        lines.append(markdown.row([name, str(size), str(global_batch), dtype, _rate(sm_ips),
+                                   _rate(ours_ips), f"{sm_ms:.1f}", f"{ours_ms:.1f}",
+                                   f"{overhead:+.1f}%"]))
         print(lines[-1], flush=True)
     if args.quick:
         return

@@ -52,9 +52,9 @@ import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from hierjax.benchmarks import common, stats, transfer
+from hierjax.benchmarks import common, markdown, stats, transfer
 from hierjax.benchmarks.results import (LOCATION_KEYS, finished, finished_results, gain_cell,
-                                        markdown_table, paired_by_seed, run_rows)
+                                        paired_by_seed, run_rows)
 from hierjax.errors import ConfigError, Diverged, Preempted
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Base config of every run.")
@@ -248,7 +248,7 @@ def table(results: dict[str, list[dict]], siblings: dict[str, float]) -> str:
                 if baseline and name != "SM" else "-")
         return means + [gain, f"{100 * siblings[name]:.0f}%"]
 
-    return markdown_table(header, run_rows(results, len(header), cells))
+    return markdown.table(header, run_rows(results, len(header), cells))
 
 
 def _against_value(axis, results: dict[str, list[dict]], study: str, metrics, split: str):
@@ -409,7 +409,7 @@ def transfer_table(results: dict[str, list[dict]], baseline: str | None) -> str:
                    if base_runs and name != baseline else "-")
         return out
 
-    return markdown_table(header, run_rows(results, len(header), cells))
+    return markdown.table(header, run_rows(results, len(header), cells))
 
 
 def transfer_plot(results: dict[str, list[dict]], study: str, baseline: str | None,
