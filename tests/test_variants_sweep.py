@@ -42,6 +42,16 @@ def test_run_config_applies_the_variant_and_overrides():
     assert variants.run_config(base, "SM", {}, seed=0).loss.glm_weight == 0.0
 
 
+def test_a_sweep_with_its_own_results_folder_gets_its_own_table_name(tmp_path):
+    # Both protocols name their BENCHMARKS.md section and figure this way: before, a
+    # from-scratch sweep with --results=docs/results/scratch15 would have overwritten the
+    # default sweep's section and figure.
+    config = settings.base_config()
+    config.data.name, config.model.name = "cifar100", "wrn"
+    assert variants.table_name(config, str(variants.RESULTS)) == "cifar100-wrn"
+    assert variants.table_name(config, str(tmp_path / "scratch15")) == "cifar100-wrn-scratch15"
+
+
 def test_train_run_is_cached(tmp_path, monkeypatch):
     config = tiny_settings(num_steps=2)
     first = variants.train_run(config, tmp_path)

@@ -481,7 +481,7 @@ def main_transfer(base, study: str, workdir: pathlib.Path) -> None:
 
     results = _seed_major(runs, workdir / study, results_dir / study, run_one)
     baseline = "SM" if study == "variants" else None
-    name = f"{config_name(base)}{results_label()}"
+    name = table_name(base, _RESULTS.value)
     figure = (FIGURES if _WRITE.value else workdir) / f"transfer_{study}_{name}.png"
     transfer_plot(results, study, baseline, figure)
     pre = json.loads((results_dir / "pretrain.json").read_text())
@@ -527,10 +527,11 @@ def sweep(base, study: str) -> None:
     siblings = {name: sibling_fraction(run_config(base, variant, overrides, 0))
                 for name, variant, overrides in runs if name in results}
     title = study if study in ("variants", "scale") else f"{study}-{_VARIANT.value}"
-    figure = (FIGURES if _WRITE.value else workdir) / f"{title}_{config_name(base)}.png"
+    name = table_name(base, _RESULTS.value)
+    figure = (FIGURES if _WRITE.value else workdir) / f"{title}_{name}.png"
     plot(results, study, figure)
     body = "\n".join([
-        f"### {title}: {config_name(base)}",
+        f"### {title}: {name}",
         "",
         f"{common.hardware_line()}. {_NOTE.value}".rstrip(),
         "",
@@ -552,7 +553,7 @@ def sweep(base, study: str) -> None:
     ])
     print(body)
     if _WRITE.value:
-        common.write_section(f"{title}-{config_name(base)}", body)
+        common.write_section(f"{title}-{name}", body)
 
 
 def _seed_major(runs, run_root: pathlib.Path, result_root: pathlib.Path,
@@ -578,15 +579,14 @@ def _seed_major(runs, run_root: pathlib.Path, result_root: pathlib.Path,
     return {name: found for name, found in results.items() if found}
 
 
-def config_name(config) -> str:
-    return f"{config.data.name}-{config.model.name}"
-
-
-def results_label() -> str:
-    """"" for the default --results folder, else "-<its name>": a sweep with its own
-    result files (e.g. another learning rate) gets its own table, section and figure."""
-    results = pathlib.Path(_RESULTS.value).resolve()
-    return "" if results == RESULTS.resolve() else f"-{results.name}"
+def table_name(config, results: str) -> str:
+    """The name of a sweep's table, BENCHMARKS.md section and figure: "<data>-<model>",
+    then "-<folder name>" unless `results` (--results) is the default folder, so that a
+    sweep with its own result files (another learning rate, budget) never overwrites
+    another's."""
+    folder = pathlib.Path(results).resolve()
+    label = "" if folder == RESULTS.resolve() else f"-{folder.name}"
+    return f"{config.data.name}-{config.model.name}{label}"
 
 
 if __name__ == "__main__":
