@@ -52,6 +52,13 @@ def test_a_sweep_with_its_own_results_folder_gets_its_own_table_name(tmp_path):
     assert variants.table_name(config, str(tmp_path / "scratch15")) == "cifar100-wrn-scratch15"
 
 
+def test_the_curves_are_named_after_the_split_they_were_measured_on():
+    val, test = ({"config": {"data.val_fraction": f}} for f in (0.1, 0.0))
+    assert variants.curve_split([val, val]) == "validation"
+    assert variants.curve_split([test]) == "test"
+    assert variants.curve_split([val, test]) == variants.curve_split([{}]) == "held-out"
+
+
 def test_train_run_is_cached(tmp_path, monkeypatch):
     config = tiny_settings(num_steps=2)
     first = variants.train_run(config, tmp_path)

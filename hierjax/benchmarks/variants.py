@@ -263,6 +263,16 @@ def _against_value(axis, results: dict[str, list[dict]], study: str, metrics, sp
              title=f"{split} accuracy against {study}")
 
 
+def curve_split(runs: list[dict]) -> str:
+    """The split the runs' eval curves were measured on (eval_curve): "validation" when
+    every run held part of its training set out, "test" when none did, else (or for result
+    files without their config) "held-out"."""
+    fractions = {r.get("config", {}).get("data.val_fraction") for r in runs}
+    if None in fractions or len(fractions) != 1:
+        return "held-out"
+    return "validation" if fractions.pop() > 0 else "test"
+
+
 def plot(results: dict[str, list[dict]], study: str, path: pathlib.Path) -> None:
     """Fine top-1 against epoch per run (mean over seeds), and for the lambda / k
     studies the final fine top-1 against the value with the seed std as error bars."""
@@ -281,7 +291,9 @@ def plot(results: dict[str, list[dict]], study: str, path: pathlib.Path) -> None
         epochs = [e for e, _ in seeds[0]["curve"]]
         top1 = np.mean([[100 * a for _, a in r["curve"]] for r in seeds], axis=0)
         curves.plot(epochs, top1, marker="." if len(epochs) < 30 else None, label=name)
-    curves.set(xlabel="epoch", ylabel="test fine top-1 (%)", title=f"{study}: test accuracy")
+    split = curve_split([r for seeds in results.values() for r in seeds])
+    curves.set(xlabel="epoch", ylabel=f"{split} fine top-1 (%)",
+               title=f"{study}: {split} accuracy during training")
     curves.grid(alpha=0.3)
     curves.legend(fontsize=7, ncol=2)
     if not single:
