@@ -13,7 +13,9 @@ from helpers import tiny_settings
 def test_study_runs_cover_the_issue():
     names = [name for name, _, _ in variants.study_runs("variants", "OURS")]
     assert names == ["SM", "SM-GLM", "CSM", "CSM-GLM", "SC-CSM", "OURS", "CC b=1", "CC b=2",
-                     "OURS+CC", "OURS+PQK"]
+                     "OURS+CC", "OURS+PQK", "OURS norm lambda=0.8"]
+    assert variants.study_runs("variants", "OURS")[-1][2] == {
+        "loss.glm_weight": 0.8, "loss.glm_normalize": True}
     lambdas = variants.study_runs("lambda", "SC-CSM")
     assert [o["loss.glm_weight"] for _, _, o in lambdas] == pytest.approx(
         [0.2, 0.4, 0.6, 0.8, 1.0, 1.2, 1.4])

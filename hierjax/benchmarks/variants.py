@@ -8,7 +8,9 @@
 Studies (each run is `hierjax.train.train_and_evaluate` with the config as given, so all
 runs of a study share network, epochs, batch size and schedule):
 - `variants`: SM, SM-GLM, CSM, CSM-GLM, SC-CSM, OURS, CC (b = 1), CC (b = 2), OURS+CC,
-  and OURS with the P x Q x K hierarchical sampler (`OURS+PQK`, `sampler_pqk` as set);
+  OURS with the P x Q x K hierarchical sampler (`OURS+PQK`, `sampler_pqk` as set), and
+  OURS with GLM on L2-normalised features at the paper's lambda 0.8 (`OURS norm
+  lambda=0.8`, the `scale` study's best row);
 - `lambda`: `--variant` at loss.glm_weight = 0.2, 0.4, ..., 1.4 (the paper's grid);
 - `k`: `--variant` at loss.glm_k = 1, 3, 5, 10;
 - `scale`: GLM's scale question from scratch: SM, SC-CSM (the cascade without GLM), and
@@ -99,6 +101,9 @@ def study_runs(study: str, variant: str) -> list[tuple[str, str, dict]]:
         runs += [("CC b=1", "CC", {"loss.coarse_weight": 1.0}),
                  ("CC b=2", "CC", {"loss.coarse_weight": 2.0}),
                  ("OURS+CC", "OURS+CC", {}), ("OURS+PQK", "OURS", {"data.sampler": "hierarchical"})]
+        # GLM on L2-normalised features at the paper's lambda: the scale study's best row.
+        runs.append(("OURS norm lambda=0.8", "OURS",
+                     {"loss.glm_weight": 0.8, "loss.glm_normalize": True}))
         return runs
     if study == "lambda":
         return [(f"lambda={v:g}", variant, {"loss.glm_weight": v}) for v in LAMBDAS]
