@@ -30,7 +30,7 @@ def test_rows_name_the_settings_apart_and_pair_gains_by_seed(tmp_path, capsys):
     bad = write(tmp_path / "lr1" / "SC-CSM", {"variant": "SC-CSM", "optimizer.lr": 1.0,
                                               "optimizer.head_lr_multiplier": 10.0},
                 [0.0], diverged={0})
-    base_row, ours_row, bad_row = compare.compare_table(sm, [ours, bad]).splitlines()[2:]
+    base_row, ours_row, bad_row = compare.compare_table(compare.load_folders(sm, [ours, bad])).splitlines()[2:]
     # SM: mean 45, std 5, t(0.975, 2) = 4.303: 4.303 * 5 / sqrt(3) = 12.42.
     assert base_row == f"| {sm} | SM | (baseline) | 3 | 45.00 ± 12.42 | 46.00 ± 12.42 | - |"
     # OURS: 42, 53, 46: mean 47, std sqrt(62 / 2) = 5.568 -> 4.303 * 5.568 / sqrt(3) = 13.83.
@@ -63,11 +63,12 @@ def test_forest_rows_are_the_folders_with_two_paired_seeds(tmp_path):
     one_seed = write(tmp_path / "CC", {"variant": "CC", "optimizer.lr": 0.1}, [0.47])
     half_diverged = write(tmp_path / "SC", {"variant": "SC-CSM", "optimizer.lr": 0.1},
                           [0.0, 0.51, 0.0], diverged={0, 2})
-    rows = compare.forest_rows(sm, [ours, one_seed, half_diverged])
+    rows = compare.forest_rows(compare.load_folders(sm, [ours, one_seed, half_diverged]))
     # OURS: gains 2, 3, 1 -> 2.00 ± 2.48 (as in the table); the others pair one seed or none.
     assert [(label, n) for label, _, _, n in rows] == [("OURS: optimizer.lr 0.03", 3)]
     assert rows[0][1:3] == pytest.approx((2.0, 2.484), abs=1e-3)
 
-    compare.forest_plot(sm, [ours, one_seed, half_diverged], tmp_path / "forest.png")
+    compare.forest_plot(compare.load_folders(sm, [ours, one_seed, half_diverged]),
+                        tmp_path / "forest.png")
     with Image.open(tmp_path / "forest.png") as image:
         assert image.size[0] > 600

@@ -46,16 +46,22 @@ def settings_apart(config: dict, baseline: dict) -> str:
     return "; ".join(f"{k} {v}" for k, v in apart.items()) or "same"
 
 
-def compare_table(baseline_dir: pathlib.Path, folders: list[pathlib.Path]) -> str:
-    """Markdown: the baseline's row, then one row per folder (see the module docstring)."""
-    base_runs = load_runs(baseline_dir)
+def load_folders(baseline_dir: pathlib.Path,
+                 folders: list[pathlib.Path]) -> dict[pathlib.Path, list[dict]]:
+    """{folder: its runs}, the baseline's first, each folder read once."""
+    return {folder: load_runs(folder) for folder in [baseline_dir, *folders]}
+
+
+def compare_table(runs_by_folder: dict[pathlib.Path, list[dict]]) -> str:
+    """Markdown: the baseline's row (the first folder), then one row per other folder (see
+    the module docstring)."""
+    baseline_dir, base_runs = next(iter(runs_by_folder.items()))
     base_config = base_runs[0].get("config", {})
     header = ["results", "variant", "settings apart from the baseline's", "seeds",
               "test fine top-1 %", "val fine top-1 %",
               "gain over the baseline (test fine top-1, paired)"]
     rows = []
-    for folder in [baseline_dir, *folders]:
-        all_runs = load_runs(folder)
+    for folder, all_runs in runs_by_folder.items():
         runs = finished(all_runs)
         config = all_runs[0].get("config", {})
         cells = [diverged_label(str(folder), all_runs), config.get("variant", "?"),
@@ -70,16 +76,17 @@ def compare_table(baseline_dir: pathlib.Path, folders: list[pathlib.Path]) -> st
     return markdown.table(header, rows)
 
 
-def forest_rows(baseline_dir: pathlib.Path,
-                folders: list[pathlib.Path]) -> list[tuple[str, float, float, int]]:
-    """(label, gain, 95% half-width, pairs) of each folder with at least 2 seeds paired with
-    the baseline's finished seeds; the label is the folder's name (the run's, e.g. CCb4)
-    and its settings apart."""
-    base_runs = finished(load_runs(baseline_dir))
+def forest_rows(runs_by_folder: dict[pathlib.Path, list[dict]]
+                ) -> list[tuple[str, float, float, int]]:
+    """(label, gain, 95% half-width, pairs) of each folder after the first (the baseline)
+    with at least 2 seeds paired with the baseline's finished seeds; the label is the
+    folder's name (the run's, e.g. CCb4) and its settings apart."""
+    (_, base_runs), *others = runs_by_folder.items()
+    base_runs = finished(base_runs)
     base_config = base_runs[0].get("config", {}) if base_runs else {}
     rows = []
-    for folder in folders:
-        runs = finished(load_runs(folder))
+    for folder, all_runs in others:
+        runs = finished(all_runs)
         pairs = paired_by_seed(runs, base_runs, lambda r: 100 * _test(r)["top1_from_fine/0"])
         if len(pairs) >= 2:
             config = runs[0].get("config", {})
@@ -88,15 +95,16 @@ def forest_rows(baseline_dir: pathlib.Path,
     return rows
 
 
-def forest_plot(baseline_dir: pathlib.Path, folders: list[pathlib.Path],
-                path: pathlib.Path) -> None:
-    """Each folder's test fine top-1 gain over the baseline with its 95% CI (paired seeds)."""
+def forest_plot(runs_by_folder: dict[pathlib.Path, list[dict]], path: pathlib.Path) -> None:
+    """Each folder's test fine top-1 gain over the baseline (the first folder) with its 95%
+    CI (paired seeds)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = forest_rows(baseline_dir, folders)
+    rows = forest_rows(runs_by_folder)
+    baseline_dir = next(iter(runs_by_folder))
     figure, axis = plt.subplots(figsize=(8, 1.2 + 0.6 * max(len(rows), 1)))
     for y, (_, gain, half, _) in enumerate(rows):
         axis.errorbar([gain], [y], xerr=[[half], [half]], fmt="o", capsize=4)
@@ -127,14 +135,15 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
 
     def compare():
+        runs_by_folder = load_folders(args.baseline, args.folders)
         body = "\n".join([
             f"### each at its own settings: {args.name}", "", args.note, "",
             f"    python -m hierjax.benchmarks.compare {shlex.join(sys.argv[1:])}", "",
-            compare_table(args.baseline, args.folders)])
+            compare_table(runs_by_folder)])
         print(body)
         if args.write:
             figure = pathlib.Path("docs") / "figures" / f"compare_{args.name}.png"
-            forest_plot(args.baseline, args.folders, common.REPO_ROOT / figure)
+            forest_plot(runs_by_folder, common.REPO_ROOT / figure)
             common.write_section(f"compare-{args.name}",
                                  f"{body}\n\n![gain over the baseline]({figure})")
 
