@@ -30,7 +30,8 @@ def test_rows_name_the_settings_apart_and_pair_gains_by_seed(tmp_path, capsys):
     bad = write(tmp_path / "lr1" / "SC-CSM", {"variant": "SC-CSM", "optimizer.lr": 1.0,
                                               "optimizer.head_lr_multiplier": 10.0},
                 [0.0], diverged={0})
-    base_row, ours_row, bad_row = compare.compare_table(compare.load_folders(sm, [ours, bad])).splitlines()[2:]
+    table = compare.compare_table(compare.load_folders(sm, [ours, bad]))
+    base_row, ours_row, bad_row = table.splitlines()[2:]
     # SM: mean 45, std 5, t(0.975, 2) = 4.303: 4.303 * 5 / sqrt(3) = 12.42.
     assert base_row == f"| {sm} | SM | (baseline) | 3 | 45.00 ± 12.42 | 46.00 ± 12.42 | - |"
     # OURS: 42, 53, 46: mean 47, std sqrt(62 / 2) = 5.568 -> 4.303 * 5.568 / sqrt(3) = 13.83.

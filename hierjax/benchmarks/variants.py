@@ -100,10 +100,10 @@ def study_runs(study: str, variant: str) -> list[tuple[str, str, dict]]:
         runs = [(v, v, {}) for v in ("SM", "SM-GLM", "CSM", "CSM-GLM", "SC-CSM", "OURS")]
         runs += [("CC b=1", "CC", {"loss.coarse_weight": 1.0}),
                  ("CC b=2", "CC", {"loss.coarse_weight": 2.0}),
-                 ("OURS+CC", "OURS+CC", {}), ("OURS+PQK", "OURS", {"data.sampler": "hierarchical"})]
-        # GLM on L2-normalised features at the paper's lambda: the scale study's best row.
-        runs.append(("OURS norm lambda=0.8", "OURS",
-                     {"loss.glm_weight": 0.8, "loss.glm_normalize": True}))
+                 ("OURS+CC", "OURS+CC", {}), ("OURS+PQK", "OURS", {"data.sampler": "hierarchical"}),
+                 # GLM on normalised features at the paper's lambda: the scale study's best.
+                 ("OURS norm lambda=0.8", "OURS",
+                  {"loss.glm_weight": 0.8, "loss.glm_normalize": True})]
         return runs
     if study == "lambda":
         return [(f"lambda={v:g}", variant, {"loss.glm_weight": v}) for v in LAMBDAS]
