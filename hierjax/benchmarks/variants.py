@@ -560,9 +560,9 @@ def sweep(base, study: str) -> None:
           f"batch {base.batch_size}, lr {base.optimizer.lr} ({base.optimizer.schedule}, "
           f"warm-up {base.optimizer.warmup_epochs} epochs), weight decay "
           f"{base.optimizer.weight_decay}, {base.data.max_train_examples or 'all'} training "
-          f"images, {_SEEDS.value} seeds; loss.glm_weight "
-          f"{base.loss.glm_weight if base.loss.glm_weight is not None else 'default'}, k "
-          f"{base.loss.glm_k}.",
+          f"images, up to {_SEEDS.value} seed{'s' if _SEEDS.value != 1 else ''}; loss.glm_weight "
+          f"{base.loss.glm_weight if base.loss.glm_weight is not None else 'the variant default'}"
+          f" where the run name sets no lambda, k {base.loss.glm_k}.",
         "",
         table(results, siblings),
         "",
