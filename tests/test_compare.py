@@ -66,8 +66,8 @@ def test_forest_rows_are_the_folders_with_two_paired_seeds(tmp_path):
                           [0.0, 0.51, 0.0], diverged={0, 2})
     rows = compare.forest_rows(compare.load_folders(sm, [ours, one_seed, half_diverged]))
     # OURS: gains 2, 3, 1 -> 2.00 ± 2.48 (as in the table); the others pair one seed or none.
-    assert [(label, n) for label, _, _, n in rows] == [("OURS: optimizer.lr 0.03", 3)]
-    assert rows[0][1:3] == pytest.approx((2.0, 2.484), abs=1e-3)
+    assert [(label, n) for label, n, _, _ in rows] == [("OURS: optimizer.lr 0.03", 3)]
+    assert rows[0][2:] == pytest.approx((2.0, 2.484), abs=1e-3)
 
     compare.forest_plot(compare.load_folders(sm, [ours, one_seed, half_diverged]),
                         tmp_path / "forest.png")

@@ -102,27 +102,6 @@ def test_pretrain_then_finetune_and_two_steps(cifar_all_classes, tmp_path):
     assert sm.startswith(f"| SM (diverged: seed 1 at step {bad['diverged']['step']}) | 1 | ")
     assert two_step.startswith("| CC two-step (diverged: seed 1 at step ") and two_step.endswith(
         "| 0 | - | - | - | - | - | - | - | - |")
-    variants.transfer_plot({"SM": [{**ours, "seed": 0}], "CC two-step": [{**bad2, "seed": 1}]},
-                           "variants", "SM", tmp_path / "plot.png")
-    assert (tmp_path / "plot.png").exists()
-
-
-def _fake(top1, seed=0):
-    return {"seed": seed, "test": {"top1_from_fine/0": top1}, "val": {"top1_from_fine/0": top1 - 0.01},
-            "curve": [(1.0, top1 - 0.1, 0.5), (2.0, top1, 0.6)], "seconds": 60.0}
-
-
-def test_transfer_plots_are_written(tmp_path):
-    from PIL import Image
-
-    variants.transfer_plot({"SM": [_fake(0.40, 0), _fake(0.42, 1)],
-                            "OURS": [_fake(0.43, 0), _fake(0.44, 1)]}, "variants", "SM",
-                           tmp_path / "v.png")
-    variants.transfer_plot({"b=0.5": [_fake(0.40)], "b=1": [_fake(0.45)]}, "b", None,
-                           tmp_path / "b.png")
-    for name in ("v.png", "b.png"):
-        with Image.open(tmp_path / name) as image:
-            assert image.size[0] > 600 and len(np.unique(np.asarray(image.convert("L")))) > 10
 
 
 def test_study_runs_keep_one_cc_row_when_the_best_b_is_one():

@@ -54,13 +54,6 @@ def test_a_sweep_with_its_own_results_folder_gets_its_own_table_name(tmp_path):
     assert variants.table_name(config, str(tmp_path / "scratch15")) == "cifar100-wrn-scratch15"
 
 
-def test_the_curves_are_named_after_the_split_they_were_measured_on():
-    val, test = ({"config": {"data.val_fraction": f}} for f in (0.1, 0.0))
-    assert variants.curve_split([val, val]) == "validation"
-    assert variants.curve_split([test]) == "test"
-    assert variants.curve_split([val, test]) == variants.curve_split([{}]) == "held-out"
-
-
 def test_train_run_is_cached(tmp_path, monkeypatch):
     config = tiny_settings(num_steps=2)
     first = variants.train_run(config, tmp_path)
@@ -143,11 +136,6 @@ def test_table_gives_mean_ci_and_gain_paired_by_seed(tmp_path):
     assert ours.endswith("| 4.00 ± 12.71 | 50% |")
     # One seed: its value and its one paired difference (47 - 50), no interval.
     assert cc.startswith("| CC | 1 | 47.00 | 50.00 |") and cc.endswith("| -3.00 | 25% |")
-    variants.plot(results, "variants", tmp_path / "v.png")
-    lam = {"lambda=0.2": [result(0.4)], "lambda=0.4": [result(0.5)]}
-    variants.plot(lam, "lambda", tmp_path / "l.png")
-    for name in ("v.png", "l.png"):
-        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_sibling_fraction_rises_with_the_hierarchical_sampler():

@@ -21,9 +21,9 @@ import shlex
 import sys
 import textwrap
 
-from hierjax.benchmarks import common, markdown, stats
+from hierjax.benchmarks import common, markdown, stats, sweep_figure
 from hierjax.benchmarks.results import (LOCATION_KEYS, diverged_label, finished, gain_cell,
-                                        load_runs, paired_by_seed)
+                                        load_runs, paired_gains)
 
 # Keys that make a row the variant it is, or a different draw of it, not other settings.
 _OWN_KEYS = ("variant", "seed", "loss.")
@@ -77,22 +77,19 @@ def compare_table(runs_by_folder: dict[pathlib.Path, list[dict]]) -> str:
 
 
 def forest_rows(runs_by_folder: dict[pathlib.Path, list[dict]]
-                ) -> list[tuple[str, float, float, int]]:
-    """(label, gain, 95% half-width, pairs) of each folder after the first (the baseline)
-    with at least 2 seeds paired with the baseline's finished seeds; the label is the
-    folder's name (the run's, e.g. CCb4) and its settings apart."""
+                ) -> list[tuple[str, int, float, float]]:
+    """(label, pairs, gain, 95% half-width) of each folder after the first (the baseline)
+    with at least 2 seeds paired with the baseline's finished seeds (results.paired_gains);
+    the label is the folder's name (the run's, e.g. CCb4) and its settings apart."""
     (_, base_runs), *others = runs_by_folder.items()
     base_runs = finished(base_runs)
     base_config = base_runs[0].get("config", {}) if base_runs else {}
-    rows = []
-    for folder, all_runs in others:
-        runs = finished(all_runs)
-        pairs = paired_by_seed(runs, base_runs, lambda r: 100 * _test(r)["top1_from_fine/0"])
-        if len(pairs) >= 2:
-            config = runs[0].get("config", {})
-            label = f"{folder.name}: {settings_apart(config, base_config)}"
-            rows.append((label, *stats.paired_gain(*zip(*pairs)), len(pairs)))
-    return rows
+    labels = {str(folder): f"{folder.name}: "
+              f"{settings_apart(all_runs[0].get('config', {}), base_config)}"
+              for folder, all_runs in others}
+    rows = paired_gains({str(folder): finished(runs) for folder, runs in others}, base_runs,
+                        lambda r: 100 * _test(r)["top1_from_fine/0"])
+    return [(labels[folder], *rest) for folder, *rest in rows]
 
 
 def forest_plot(runs_by_folder: dict[pathlib.Path, list[dict]], path: pathlib.Path) -> None:
@@ -104,16 +101,11 @@ def forest_plot(runs_by_folder: dict[pathlib.Path, list[dict]], path: pathlib.Pa
     import matplotlib.pyplot as plt
 
     rows = forest_rows(runs_by_folder)
-    baseline_dir = next(iter(runs_by_folder))
     figure, axis = plt.subplots(figsize=(8, 1.2 + 0.6 * max(len(rows), 1)))
-    for y, (_, gain, half, _) in enumerate(rows):
-        axis.errorbar([gain], [y], xerr=[[half], [half]], fmt="o", capsize=4)
-    axis.axvline(0, color="grey", lw=1)
-    axis.set_yticks(range(len(rows)), [textwrap.fill(f"{label} ({n} seeds)", 45)
-                                       for label, _, _, n in rows], fontsize=7)
-    axis.invert_yaxis()
-    axis.set(xlabel="test fine top-1 gain over the baseline (points, 95% CI)",
-             title=f"gain over {baseline_dir}")
+    sweep_figure.forest(axis, [(textwrap.fill(f"{label} ({n} seeds)", 45), gain, half)
+                               for label, n, gain, half in rows],
+                        xlabel="test fine top-1 gain over the baseline (points, 95% CI)",
+                        title=f"gain over {next(iter(runs_by_folder))}")
     axis.grid(alpha=0.3)
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -69,3 +69,16 @@ def gain_cell(runs: list[dict], base_runs: list[dict], key) -> str:
     return (stats.format_ci(gain, half)
             + (" (CI excludes 0)" if stats.significant(gain, half) else "")
             + (f" ({len(pairs)} pairs)" if len(pairs) < len(runs) else ""))
+
+
+def paired_gains(named_runs: dict[str, list[dict]], base_runs: list[dict],
+                 key) -> list[tuple[str, int, float, float]]:
+    """(name, seeds paired, mean gain, 95% CI half-width) of every entry of `named_runs`
+    with at least two seeds in common with `base_runs`: stats.paired_gain of key(run) -
+    key(baseline run) over the shared seeds (the forest plots' rows)."""
+    rows = []
+    for name, runs in named_runs.items():
+        pairs = paired_by_seed(runs, base_runs, key)
+        if len(pairs) > 1:
+            rows.append((name, len(pairs), *stats.paired_gain(*zip(*pairs))))
+    return rows

@@ -54,9 +54,8 @@ import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from hierjax.benchmarks import common, markdown, stats, transfer
-from hierjax.benchmarks.results import (LOCATION_KEYS, finished, finished_results, gain_cell,
-                                        paired_by_seed, run_rows)
+from hierjax.benchmarks import common, markdown, stats, sweep_figure, transfer
+from hierjax.benchmarks.results import LOCATION_KEYS, finished, gain_cell, run_rows
 from hierjax.errors import ConfigError, Diverged, Preempted
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Base config of every run.")
@@ -256,59 +255,6 @@ def table(results: dict[str, list[dict]], siblings: dict[str, float]) -> str:
     return markdown.table(header, run_rows(results, len(header), cells))
 
 
-def _against_value(axis, results: dict[str, list[dict]], study: str, metrics, split: str):
-    """Final fine top-1 (`metrics(result)`) against the value in each run's name
-    ("lambda=0.4" -> 0.4): mean over seeds, the seed std as error bars."""
-    values = [float(name.split("=")[1]) for name in results]
-    finals = [[100 * metrics(r)["top1_from_fine/0"] for r in runs] for runs in results.values()]
-    axis.errorbar(values, [np.mean(f) for f in finals],
-                  yerr=[np.std(f, ddof=1) if len(f) > 1 else 0 for f in finals],
-                  marker="o", capsize=3)
-    axis.set(xlabel=study, ylabel=f"final {split} fine top-1 (%)",
-             title=f"{split} accuracy against {study}")
-
-
-def curve_split(runs: list[dict]) -> str:
-    """The split the runs' eval curves were measured on (eval_curve): "validation" when
-    every run held part of its training set out, "test" when none did, else (or for result
-    files without their config) "held-out"."""
-    fractions = {r.get("config", {}).get("data.val_fraction") for r in runs}
-    if None in fractions or len(fractions) != 1:
-        return "held-out"
-    return "validation" if fractions.pop() > 0 else "test"
-
-
-def plot(results: dict[str, list[dict]], study: str, path: pathlib.Path) -> None:
-    """Fine top-1 against epoch per run (mean over seeds), and for the lambda / k
-    studies the final fine top-1 against the value with the seed std as error bars."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    results = finished_results(results)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    single = study in ("variants", "scale")  # runs that are not values of one knob
-    figure, axes = plt.subplots(1, 1 if single else 2, figsize=(7 if single else 12, 4.5),
-                                squeeze=False)
-    curves = axes[0, 0]
-    for name, seeds in results.items():
-        epochs = [e for e, _ in seeds[0]["curve"]]
-        top1 = np.mean([[100 * a for _, a in r["curve"]] for r in seeds], axis=0)
-        curves.plot(epochs, top1, marker="." if len(epochs) < 30 else None, label=name)
-    split = curve_split([r for seeds in results.values() for r in seeds])
-    curves.set(xlabel="epoch", ylabel=f"{split} fine top-1 (%)",
-               title=f"{study}: {split} accuracy during training")
-    curves.grid(alpha=0.3)
-    curves.legend(fontsize=7, ncol=2)
-    if not single:
-        _against_value(axes[0, 1], results, study, lambda r: r["metrics"], "test")
-        axes[0, 1].grid(alpha=0.3)
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-
-
 # ------------------------------------------------------------------ transfer protocol
 
 def transfer_study_runs(study: str, variant: str, best_b: float) -> list[tuple[str, str, dict]]:
@@ -429,53 +375,6 @@ def transfer_table(results: dict[str, list[dict]], baseline: str | None) -> str:
     return markdown.table(header, run_rows(results, len(header), cells))
 
 
-def transfer_plot(results: dict[str, list[dict]], study: str, baseline: str | None,
-                  path: pathlib.Path) -> None:
-    """Left: validation fine top-1 against epoch per run, mean over seeds with the band
-    from the lowest to the highest seed. Right: for the variants study, each run's test
-    gain over `baseline` with its 95% CI (paired seeds; a forest plot); for a sweep
-    (lambda, b, lr, k), the final validation fine top-1 against the swept value."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    results = finished_results(results)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure, (curves, right) = plt.subplots(1, 2, figsize=(12, 4.5))
-    for name, seeds in results.items():
-        epochs = [e for e, *_ in seeds[0]["curve"]]
-        top1 = np.array([[100 * a for _, a, *_ in r["curve"]] for r in seeds])
-        line, = curves.plot(epochs, top1.mean(0), marker=".", label=name)
-        if len(seeds) > 1:
-            curves.fill_between(epochs, top1.min(0), top1.max(0), alpha=0.15,
-                                color=line.get_color())
-    curves.set(xlabel="epoch", ylabel="validation fine top-1 (%)",
-               title=f"transfer {study}: validation accuracy (band: seed range)")
-    curves.grid(alpha=0.3)
-    curves.legend(fontsize=7, ncol=2)
-    if study == "variants" and baseline in results:
-        base = results[baseline]
-        pairs = {name: paired_by_seed(runs, base, lambda r: 100 * r["test"]["top1_from_fine/0"])
-                 for name, runs in results.items() if name != baseline}
-        rows = [(name, *stats.paired_gain(*zip(*p))) for name, p in pairs.items()
-                if len(p) == len(base) > 1]
-        for y, (name, gain, half) in enumerate(rows):
-            right.errorbar([gain], [y], xerr=[[half], [half]], fmt="o", capsize=4)
-        right.axvline(0, color="grey", lw=1)
-        right.set_yticks(range(len(rows)), [name for name, *_ in rows])
-        right.set(xlabel=f"test fine top-1 gain over {baseline} (points, 95% CI)",
-                  title=f"gain over {baseline}, {len(base)} paired seeds")
-    elif all("=" in name for name in results):
-        _against_value(right, results, study, lambda r: r["val"], "validation")
-        if study == "lr":
-            right.set_xscale("log")
-    right.grid(alpha=0.3)
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-
-
 def selected(runs: list[tuple[str, str, dict]], only: list[str]) -> list[tuple[str, str, dict]]:
     """The runs named in `only` (--only; all when it names none); an unknown name is an
     error, not an empty sweep."""
@@ -500,7 +399,10 @@ def main_transfer(base, study: str, workdir: pathlib.Path) -> None:
     baseline = "SM" if study == "variants" else None
     name = table_name(base, _RESULTS.value)
     figure = (FIGURES if _WRITE.value else workdir) / f"transfer_{study}_{name}.png"
-    transfer_plot(results, study, baseline, figure)
+    sweep_figure.draw(results, figure, title=f"transfer {study}", baseline=baseline,
+                      test_top1=lambda r: 100 * r["test"]["top1_from_fine/0"],
+                      swept=None if baseline else (study, "validation", lambda r: r["val"]),
+                      log_x=study == "lr")
     pre = json.loads((results_dir / "pretrain.json").read_text())
     body = "\n".join([
         f"### transfer {study}: {name}", "",
@@ -546,7 +448,10 @@ def sweep(base, study: str) -> None:
     title = study if study in ("variants", "scale") else f"{study}-{_VARIANT.value}"
     name = table_name(base, _RESULTS.value)
     figure = (FIGURES if _WRITE.value else workdir) / f"{title}_{name}.png"
-    plot(results, study, figure)
+    knob = study not in ("variants", "scale")  # a study of one knob's values
+    sweep_figure.draw(results, figure, title=title, baseline=None if knob else "SM",
+                      test_top1=lambda r: 100 * r["metrics"]["top1_from_fine/0"],
+                      swept=(study, "test", lambda r: r["metrics"]) if knob else None)
     body = "\n".join([
         f"### {title}: {name}",
         "",
