@@ -84,12 +84,11 @@ def forest_rows(runs_by_folder: dict[pathlib.Path, list[dict]]
     (_, base_runs), *others = runs_by_folder.items()
     base_runs = finished(base_runs)
     base_config = base_runs[0].get("config", {}) if base_runs else {}
-    labels = {str(folder): f"{folder.name}: "
-              f"{settings_apart(all_runs[0].get('config', {}), base_config)}"
-              for folder, all_runs in others}
-    rows = paired_gains({str(folder): finished(runs) for folder, runs in others}, base_runs,
+    rows = paired_gains({folder: finished(runs) for folder, runs in others}, base_runs,
                         lambda r: 100 * _test(r)["top1_from_fine/0"])
-    return [(labels[folder], *rest) for folder, *rest in rows]
+    return [(f"{folder.name}: "
+             f"{settings_apart(runs_by_folder[folder][0].get('config', {}), base_config)}",
+             *rest) for folder, *rest in rows]
 
 
 def forest_plot(runs_by_folder: dict[pathlib.Path, list[dict]], path: pathlib.Path) -> None:

@@ -71,9 +71,9 @@ def gain_cell(runs: list[dict], base_runs: list[dict], key) -> str:
             + (f" ({len(pairs)} pairs)" if len(pairs) < len(runs) else ""))
 
 
-def paired_gains(named_runs: dict[str, list[dict]], base_runs: list[dict],
-                 key) -> list[tuple[str, int, float, float]]:
-    """(name, seeds paired, mean gain, 95% CI half-width) of every entry of `named_runs`
+def paired_gains(named_runs: dict, base_runs: list[dict],
+                 key) -> list[tuple[object, int, float, float]]:
+    """(name, seeds paired, mean gain, 95% CI half-width) of every named entry of `named_runs`
     with at least two seeds in common with `base_runs`: stats.paired_gain of key(run) -
     key(baseline run) over the shared seeds (the forest plots' rows)."""
     rows = []

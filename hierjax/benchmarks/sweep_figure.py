@@ -89,15 +89,15 @@ def draw(results: dict[str, list[dict]], path: pathlib.Path, *, title: str,
                    title=f"gain over {baseline}, paired by seed ({n_base} seeds)",
                    colors=[colors[name] for name, *_ in rows])
         else:
-            knob, split, final = swept
+            knob, final_split, final = swept
             values = [float(name.split("=")[1]) for name in results]
             finals = [[100 * final(r)["top1_from_fine/0"] for r in runs]
                       for runs in results.values()]
             right.errorbar(values, [np.mean(f) for f in finals],
                            yerr=[np.std(f, ddof=1) if len(f) > 1 else 0 for f in finals],
                            marker="o", capsize=3)
-            right.set(xlabel=knob, ylabel=f"final {split} fine top-1 (%)",
-                      title=f"{split} accuracy against {knob}")
+            right.set(xlabel=knob, ylabel=f"final {final_split} fine top-1 (%)",
+                      title=f"{final_split} accuracy against {knob}")
             if log_x:
                 right.set_xscale("log")
         right.grid(alpha=0.3)
